@@ -1,0 +1,1 @@
+"""Typed, validated configs (dataclasses) for models, data, recipes and sweeps."""

@@ -1,0 +1,223 @@
+"""Reference statistics: Inception moments of a real image set, computed once and cached.
+
+A reference set is fixed while many checkpoints are evaluated against it, and its statistics
+cost as much as generating the same number of images' features, so they are cached as an
+``.npz`` keyed by content: the sha256 of every image's bytes (and file name), the resolution
+the images are brought to, and the Inception network's sha256. Renaming or moving the set
+keeps the cache; changing one pixel, the resolution or the network does not.
+
+Three sources:
+- an image folder (``*.png``, ``*.jpg``, ... sorted by relative path, recursive);
+- a captions+images index: a ``.jsonl`` file with one ``{"image": PATH, "caption": TEXT}`` per
+  line, paths relative to the index's folder (COCO 2014 val 30K is usually shipped this way,
+  with several captions per image); each image is used once, with its first caption, and the
+  captions come back so generation prompts match the reference images one to one;
+- an in-memory uint8 array (N, H, W, 3), e.g. a prepared set's held-out images.
+
+``resolution`` brings every image to the generation resolution first (centre crop to a
+square, then PIL bicubic resize), so the reference is seen at the same detail as the samples;
+Inception then resizes both to 299 the same way. ``None`` keeps images as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from microdit.errors import ConfigError
+from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
+from microdit.evaluate.fid import FeatureStats
+from microdit.evaluate.inception import INCEPTION_SHA256, InceptionFeatureExtractor
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CACHE_VERSION = b"microdit-reference-v1"
+
+
+@dataclass
+class ReferenceSet:
+    """Reference statistics plus what generation needs to match them."""
+
+    stats: FeatureStats
+    captions: list[str] | None  # first caption per image, in image order; None without an index
+    cache_path: Path
+    key: str  # sha256 hex of content + resolution + network
+    from_cache: bool
+
+
+def resize_square(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Centre-crop a uint8 (H, W, 3) image to a square and resize it (bicubic) to resolution²."""
+    h, w = image.shape[:2]
+    if (h, w) == (resolution, resolution):
+        return image
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    pil = Image.fromarray(image[top : top + side, left : left + side])
+    return np.asarray(pil.resize((resolution, resolution), Image.Resampling.BICUBIC))  # (R, R, 3)
+
+
+def load_image(path: Path, resolution: int | None) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB, optionally brought to ``resolution``."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+    return resize_square(arr, resolution) if resolution else arr
+
+
+def list_image_folder(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"reference: no images ({', '.join(IMAGE_SUFFIXES)}) under '{folder}'")
+    return files
+
+
+def read_caption_index(index: Path) -> tuple[list[Path], list[str]]:
+    """Image paths and their first captions from a ``.jsonl`` index, in first-seen order."""
+    first_caption: dict[Path, str] = {}
+    with open(index, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                image, caption = row["image"], row["caption"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"reference index '{index}' line {line_no}: expected a JSON object with "
+                    f"'image' (path relative to the index) and 'caption' ({exc.__class__.__name__}: {exc})"
+                ) from exc
+            path = (index.parent / image).resolve()
+            first_caption.setdefault(path, str(caption))
+    if not first_caption:
+        raise ConfigError(f"reference index '{index}' has no entries")
+    missing = [p for p in first_caption if not p.is_file()]
+    if missing:
+        raise ConfigError(f"reference index '{index}': {len(missing)} image(s) missing, e.g. '{missing[0]}'")
+    return list(first_caption), list(first_caption.values())
+
+
+def _content_key(
+    files: list[Path] | None, root: Path | None, array: np.ndarray | None, resolution: int | None
+) -> str:
+    digest = hashlib.sha256(CACHE_VERSION)
+    digest.update(f"|inception={INCEPTION_SHA256}|resolution={resolution}|".encode())
+    if array is not None:
+        digest.update(f"array{array.shape}{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    else:
+        for path in files:
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _file_batches(files: list[Path], resolution: int | None, batch_size: int) -> Iterator[list[np.ndarray]]:
+    for start in range(0, len(files), batch_size):
+        yield [load_image(p, resolution) for p in files[start : start + batch_size]]
+
+
+def _array_batches(array: np.ndarray, resolution: int | None, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(array), batch_size):
+        chunk = array[start : start + batch_size]  # (B, H, W, 3)
+        yield np.stack([resize_square(im, resolution) for im in chunk]) if resolution else chunk
+
+
+def reference_stats(
+    source: str | Path | np.ndarray,
+    cache_dir: str | Path,
+    *,
+    resolution: int | None = None,
+    limit: int | None = None,
+    extractor: InceptionFeatureExtractor | None = None,
+    batch_size: int = 32,
+    num_actors: int = 0,
+    num_gpus_per_actor: float = 0,
+    inception_path: str | Path | None = None,
+) -> ReferenceSet:
+    """Inception statistics of a reference set, from the cache when its content was seen before.
+
+    ``source``: an image folder, a ``.jsonl`` captions index or a uint8 (N, H, W, 3) array.
+    ``limit`` keeps the first N images (e.g. 30000 of a larger index). ``num_actors`` > 0
+    extracts on a Ray actor pool (Ray must be initialised); 0 extracts in this process with
+    ``extractor`` (one is created when None; pass one to share the loaded network).
+    """
+    if resolution is not None and resolution < 8:
+        raise ConfigError(f"resolution: must be >= 8 pixels or None, got {resolution}")
+    files: list[Path] | None = None
+    root: Path | None = None
+    array: np.ndarray | None = None
+    captions: list[str] | None = None
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 4 or source.shape[-1] != 3:
+            raise ConfigError(
+                f"reference array: expected uint8 (N, H, W, 3), got {source.dtype} {source.shape}"
+            )
+        array = source[:limit] if limit else source
+        count = len(array)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            root, files = path, list_image_folder(path)
+        elif path.is_file() and path.suffix == ".jsonl":
+            root = path.parent.resolve()
+            files, captions = read_caption_index(path)
+        else:
+            raise ConfigError(
+                f"reference: '{source}' is neither an image folder, a .jsonl captions index nor a uint8 array"
+            )
+        if limit:
+            files = files[:limit]
+            captions = captions[:limit] if captions is not None else None
+        count = len(files)
+    if count < 2:
+        raise ConfigError(f"reference: FID needs at least 2 images, '{source}' gives {count}")
+
+    key = _content_key(files, root, array, resolution)
+    cache_path = Path(cache_dir) / f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz"
+    if cache_path.is_file():
+        stats = FeatureStats.load(cache_path)
+        if stats.count == count:
+            log.info("reference stats: cache hit %s", cache_path)
+            return ReferenceSet(stats, captions, cache_path, key, from_cache=True)
+        log.warning("reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count)
+
+    if array is not None:
+        batches = _array_batches(array, resolution, batch_size)
+    else:
+        batches = _file_batches(files, resolution, batch_size)
+    if num_actors > 0:
+        stats = distributed_feature_stats(
+            batches,
+            num_actors=num_actors,
+            num_gpus_per_actor=num_gpus_per_actor,
+            inception_path=inception_path,
+            batch_size=batch_size,
+            total=count,
+            desc="reference",
+        )
+    else:
+        extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
+        stats = local_feature_stats(batches, extractor, total=count, desc="reference")
+    stats.save(cache_path)
+    cache_path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "source": str(source) if array is None else f"array{tuple(array.shape)}",
+                "count": count,
+                "resolution": resolution,
+                "key": key,
+                "inception_sha256": INCEPTION_SHA256,
+            },
+            indent=2,
+        )
+    )
+    log.info("reference stats: %d images -> %s", count, cache_path)
+    return ReferenceSet(stats, captions, cache_path, key, from_cache=False)

@@ -1,0 +1,169 @@
+"""MicroDiT: a sparse-MoE diffusion transformer with deferred patch masking (Sehwag et al. 2024).
+
+Forward (SPEC §1): patchify + fixed sin-cos positions -> caption path gives the cross-attention
+context and a pooled vector added to the noise-level embedding (c) -> optional patch-mixer over
+ALL patches -> drop a fraction r of patches (deferred masking; naive masking drops before any
+mixer) -> backbone blocks on kept patches only -> final layer -> zero refill -> unpatchify.
+The model knows nothing of noise levels beyond c_noise: EDM preconditioning lives in
+``microdit.diffusion``.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from microdit.config.model import ModelConfig
+from microdit.model.blocks import DiTBlock, FinalLayer
+from microdit.model.embeddings import (
+    CaptionBlock,
+    CaptionEmbedder,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    sincos_pos_embed_2d,
+)
+from microdit.model.feedforward import SwiGLU
+from microdit.model.initialisation import initialise_microdit
+from microdit.model.masking import drop_mask, gather_tokens, random_keep_indices, refill_zeros
+from microdit.model.moe import ExpertChoiceMoE
+from microdit.model.norms import WeightOnlyLayerNorm
+from microdit.model.output import MicroDiTOutput
+
+
+class WidthMap(nn.Sequential):
+    """Weight-only LayerNorm + Linear between mixer and backbone widths (SPEC §1 steps 5, 7)."""
+
+    def __init__(self, in_width: int, out_width: int, eps: float, bias: bool):
+        super().__init__(WeightOnlyLayerNorm(in_width, eps), nn.Linear(in_width, out_width, bias=bias))
+
+
+class MicroDiT(nn.Module):
+    """The network F(x, c_noise, y) of EDM; returns a ``MicroDiTOutput``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        d, p = cfg.width, cfg.patch_size
+        self.x_embedder = PatchEmbed(p, cfg.latent_channels, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.y_embedder = CaptionEmbedder(cfg.caption_dim, d, cfg.norm_eps)
+        self.y_emb_preprocess = CaptionBlock(d, cfg.head_dim, cfg.multiple_of, cfg.norm_eps, cfg.use_bias)
+        self.pooled_y_emb_process = Mlp(d, d, d, cfg.norm_eps)
+
+        if cfg.use_mixer:
+            dm = cfg.mixer_width
+            self.patch_mixer = nn.ModuleList(
+                self._block(
+                    dm, cfg.mixer_qkv_ratio, *cfg.ffn_kind(cfg.mixer_moe_position(i), cfg.mixer_ffn_ratio)
+                )
+                for i in range(cfg.mixer_depth)
+            )
+            if dm != d:
+                self.patch_mixer_map_xin = WidthMap(d, dm, cfg.norm_eps, cfg.use_bias)
+                self.patch_mixer_map_y = WidthMap(d, dm, cfg.norm_eps, cfg.use_bias)
+                self.patch_mixer_map_xout = WidthMap(dm, d, cfg.norm_eps, cfg.use_bias)
+        self.blocks = nn.ModuleList(
+            self._block(d, cfg.qkv_ratio(i), *cfg.ffn_kind(cfg.backbone_moe_position(i), cfg.ffn_ratio(i)))
+            for i in range(cfg.depth)
+        )
+        self.final_layer = FinalLayer(d, d, p * p * cfg.latent_channels, cfg.norm_eps)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        initialise_microdit(self)
+
+    def _block(self, width: int, qkv_ratio: float, ffn: str, ffn_ratio: float) -> DiTBlock:
+        cfg = self.config
+        if ffn == "moe":
+            ffn = ExpertChoiceMoE(
+                width, cfg.expert_hidden(width, ffn_ratio), cfg.num_experts, cfg.expert_capacity
+            )
+        else:
+            ffn = SwiGLU(width, cfg.swiglu_hidden(width, ffn_ratio), bias=cfg.use_bias)
+        return DiTBlock(
+            width,
+            cfg.width,
+            cfg.head_dim,
+            cfg.attn_width(width, qkv_ratio),
+            ffn,
+            eps=cfg.norm_eps,
+            bias=cfg.use_bias,
+        )
+
+    # ------------------------------------------------------------------ pieces of the forward
+    def pos_embed(self, grid_h: int, grid_w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Fixed (1, T, D) table, rebuilt (and cached) per resolution."""
+        key = (grid_h, grid_w, str(device), dtype)
+        if key not in self._pos_cache:
+            scale = self.config.pos_scale(grid_h)
+            self._pos_cache[key] = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, scale).to(
+                device, dtype
+            )[None]
+        return self._pos_cache[key]
+
+    def condition(self, c_noise: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption path + noise embedding: returns c (N, D) and the context (N, L, D)."""
+        context = self.y_emb_preprocess(self.y_embedder(y))  # (N, L, D)
+        c = self.t_embedder(c_noise) + self.pooled_y_emb_process(context.mean(dim=1))  # (N, D)
+        return c, context
+
+    def unpatchify(self, tokens: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        p, ch = self.config.patch_size, self.config.latent_channels
+        return rearrange(tokens, "n (h w) (p q c) -> n c (h p) (w q)", h=grid_h, w=grid_w, p=p, q=p, c=ch)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        y: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        keep_idx: torch.Tensor | None = None,
+    ) -> MicroDiTOutput:
+        """x (N, C, H, W), c_noise (N,), y (N, L, Dy). ``mask_ratio`` defaults to 0 (inference);
+        ``keep_idx`` (N, K) overrides the random draw. Masking needs strategy naive or deferred.
+        """
+        cfg = self.config
+        n, _, height, width = x.shape
+        gh, gw = height // cfg.patch_size, width // cfg.patch_size
+        num_tokens = gh * gw
+        ratio = 0.0 if mask_ratio is None else float(mask_ratio)
+        if (ratio > 0 or keep_idx is not None) and cfg.masking == "none":
+            raise ValueError("mask_ratio > 0 or keep_idx given, but model.masking='none'")
+        if keep_idx is None and ratio > 0:
+            keep_idx = random_keep_indices(n, num_tokens, ratio, generator, device=x.device)
+
+        tokens = self.x_embedder(x)  # (N, T, D)
+        tokens = tokens + self.pos_embed(gh, gw, tokens.device, tokens.dtype)
+        c, context = self.condition(c_noise, y)
+
+        if keep_idx is not None and cfg.masking == "naive":
+            tokens = gather_tokens(tokens, keep_idx)  # (N, K, D)
+        if cfg.use_mixer:
+            mixed, mixer_context = tokens, context
+            if hasattr(self, "patch_mixer_map_xin"):
+                mixed, mixer_context = self.patch_mixer_map_xin(tokens), self.patch_mixer_map_y(context)
+            for block in self.patch_mixer:
+                mixed = block(mixed, c, mixer_context)  # (N, T, Dm): the mixer sees all patches
+            if keep_idx is not None:
+                mixed = gather_tokens(mixed, keep_idx)  # (N, K, Dm): deferred masking
+            tokens = self.patch_mixer_map_xout(mixed) if hasattr(self, "patch_mixer_map_xout") else mixed
+        for block in self.blocks:
+            tokens = block(tokens, c, context)  # (N, K, D)
+        out = self.final_layer(tokens, c)  # (N, K, p*p*C)
+
+        mask = None
+        if keep_idx is not None:
+            out = refill_zeros(out, keep_idx, num_tokens)  # (N, T, p*p*C), dropped = 0
+            mask = drop_mask(keep_idx, num_tokens)
+        return MicroDiTOutput(
+            self.unpatchify(out, gh, gw), mask, keep_idx, cfg.patch_size, self.router_stats()
+        )
+
+    def router_stats(self) -> dict[str, torch.Tensor]:
+        """Router statistics of the last forward, averaged over MoE layers."""
+        moe_layers = [m for m in self.modules() if isinstance(m, ExpertChoiceMoE) and m.last_stats]
+        if not moe_layers:
+            return {}
+        keys = moe_layers[0].last_stats.keys()
+        return {k: torch.stack([m.last_stats[k] for m in moe_layers]).mean() for k in keys}
