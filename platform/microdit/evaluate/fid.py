@@ -11,7 +11,7 @@ divided by N - 1, as numpy.cov, pytorch-fid and torchmetrics do).
 computed with two symmetric eigendecompositions. Unlike ``scipy.linalg.sqrtm`` of the
 non-symmetric product it is real by construction and does not need an eps fallback when the
 covariances are singular (always, for fewer than 2049 samples); it matches pytorch-fid's
-sqrtm result to ~1e-9 relative (see tests) and is several times faster on CPU.
+sqrtm result to ~1e-7 relative (see tests) and is ~6x faster on CPU (1.5 s vs 10 s at D=2048).
 """
 
 from __future__ import annotations
@@ -120,10 +120,20 @@ class FeatureStats:
         )
 
 
+def _drop_roundoff(eigvals: np.ndarray) -> np.ndarray:
+    """Zero the eigenvalues that are round-off, not signal (the numpy.linalg.matrix_rank tolerance).
+
+    With N < D samples most eigenvalues are exactly 0 in theory and ±1e-16 in practice; their
+    square roots (~1e-8 each, thousands of them) would otherwise bias Tr sqrt upwards by ~1e-5.
+    """
+    tol = max(float(eigvals.max()), 0.0) * eigvals.size * np.finfo(np.float64).eps
+    return np.where(eigvals > tol, eigvals, 0.0)
+
+
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (round-off clipped)."""
+    """Symmetric square root of a symmetric positive semi-definite matrix."""
     eigvals, eigvecs = np.linalg.eigh(matrix)
-    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+    return (eigvecs * np.sqrt(_drop_roundoff(eigvals))) @ eigvecs.T
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
@@ -139,7 +149,7 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     sqrt1 = _sqrt_psd(cov1)
     middle = sqrt1 @ cov2 @ sqrt1  # (D, D), symmetric PSD up to round-off
     eigvals = np.linalg.eigvalsh((middle + middle.T) / 2)
-    trace_sqrt = float(np.sqrt(np.clip(eigvals, 0.0, None)).sum())
+    trace_sqrt = float(np.sqrt(_drop_roundoff(eigvals)).sum())
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 

@@ -1,0 +1,58 @@
+"""``microdit train RECIPE [--set key=value ...] [--dry-run [--assume-mfu X | --images-per-s N]]``."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a recipe on Ray Train (TorchTrainer), logged to MLflow")
+    parser.add_argument("recipe", help="recipe YAML path, or a shipped recipe name: demo, paper")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key by dotted path, e.g. phases[0].mask_ratio=0.5")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and predicted cost")
+    parser.add_argument("--assume-mfu", type=float, default=None, help="MFU for the cost prediction (GPU)")
+    parser.add_argument("--images-per-s", type=float, default=None, help="measured throughput for the prediction")
+    parser.set_defaults(func=run)
+
+
+def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> None:
+    from microdit.model.sizes import parameter_counts
+    from microdit.train.predict import format_prediction, predict
+
+    try:
+        from microdit.train.trainer import resolve_model
+
+        model, caption_len = resolve_model(recipe)
+    except Exception:  # data not prepared yet: use the size's own caption width
+        model, caption_len = recipe.model_config(), recipe.caption_len
+    print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict()}, sort_keys=False))
+    counts = parameter_counts(model)
+    print(f"parameters: {counts['total']:,} total, {counts['active']:,} active per token")
+    if assume_mfu is None and images_per_s is None:
+        assume_mfu = 0.5 if recipe.resources.peak_flops else None
+        images_per_s = None if assume_mfu else 10.0
+        basis = f"assumed MFU {assume_mfu}" if assume_mfu else "assumed 10 images/s (no GPU peak)"
+    else:
+        basis = f"MFU {assume_mfu}" if assume_mfu is not None else f"{images_per_s} images/s"
+    print(f"predicted cost at {basis}, {recipe.resources.billed_devices} x {recipe.resources.accelerator} "
+          f"at ${recipe.resources.hourly_price}/h:")
+    print(format_prediction(predict(recipe, model, caption_len, assume_mfu=assume_mfu, images_per_s=images_per_s)))
+
+
+def run(args: argparse.Namespace) -> int:
+    from microdit.config.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        dry_run(recipe, args.assume_mfu, args.images_per_s)
+        return 0
+    from microdit.train.trainer import run_training
+
+    summary = run_training(recipe)
+    print(f"run {summary.run_name}: {summary.global_step} steps, {summary.images_seen:,} images, "
+          f"${summary.cost_usd:.4f} ({summary.gpu_hours:.4f} device-hours), {summary.wall_seconds:.0f} s wall; "
+          f"MLflow run {summary.mlflow_run_id}; weights {summary.weights}")
+    return 0

@@ -1,0 +1,127 @@
+"""MLflow conventions in one place: tracking URI, run identity, parent/child runs, async logging.
+
+One MLflow run per training run, found again by the tag ``microdit.run_name`` (the Ray Train run
+name), so a relaunched or retried run continues the same MLflow record. Sweeps create a parent
+run and one child per trial (tag ``mlflow.parentRunId``). Rank 0 logs through ``AsyncLogger``, a
+background thread, so a slow SQLite write never stalls a training step.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+RUN_NAME_TAG = "microdit.run_name"
+KIND_TAG = "microdit.kind"  # train | sweep | trial | evaluate
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])  # stable across Ray workers' cwd
+    return uri
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def find_run(uri: str, experiment: str, run_name: str) -> str | None:
+    """The id of the run tagged with this Ray run name, if one exists."""
+    mlflow_client = client(uri)
+    runs = mlflow_client.search_runs([experiment_id(uri, experiment)],
+                                     filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def get_or_create_run(uri: str, experiment: str, run_name: str, kind: str,
+                      parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """(run_id, created). Reuses the run tagged ``run_name`` so a resumed run keeps its record."""
+    existing = find_run(uri, experiment, run_name)
+    if existing:
+        client(uri).update_run(existing, status="RUNNING")
+        return existing, False
+    all_tags = {RUN_NAME_TAG: run_name, KIND_TAG: kind, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client(uri).create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    return run.info.run_id, True
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches (MLflow caps a batch at 100), values truncated to MLflow's limit."""
+    from mlflow.entities import Param
+
+    mlflow_client = client(uri)
+    existing = mlflow_client.get_run(run_id).data.params
+    items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start:start + 100])
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+class AsyncLogger:
+    """Queue metrics and artifacts for a background thread that writes them to MLflow."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, daemon=True, name="mlflow-logger")
+        self._errors: list[str] = []
+        self._thread.start()
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self._queue.put(("metrics", values, step))
+
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self._queue.put(("artifact", path, artifact_path))
+
+    def _work(self) -> None:
+        from mlflow.entities import Metric
+
+        mlflow_client = client(self.uri)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            try:
+                if item[0] == "metrics":
+                    _, values, step = item
+                    stamp = int(time.time() * 1000)
+                    batch = [Metric(k, float(v), stamp, step) for k, v in values.items()]
+                    for start in range(0, len(batch), 500):
+                        mlflow_client.log_batch(self.run_id, metrics=batch[start:start + 500])
+                else:
+                    mlflow_client.log_artifact(self.run_id, item[1], item[2])
+            except Exception as err:  # logging must never kill training; report at close
+                self._errors.append(f"{type(err).__name__}: {err}")
+            finally:
+                self._queue.task_done()
+
+    def close(self) -> list[str]:
+        """Flush everything queued; returns the errors seen (if any)."""
+        self._queue.put(None)
+        self._thread.join(timeout=120)
+        return self._errors

@@ -1,0 +1,1 @@
+"""Ray Train wiring: the per-worker loop, the TorchTrainer driver, checkpoints, EMA, cost."""

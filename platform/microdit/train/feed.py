@@ -1,0 +1,16 @@
+"""The bridge from the data package's mixed stream to the training loop (one call per phase)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from microdit.config.recipe import PhaseConfig, RecipeConfig
+
+
+def open_stream(recipe: RecipeConfig, phase: PhaseConfig, rank: int, world: int, micro_batch: int,
+                position: Any | None):
+    """This worker's exact-mix stream at the phase's resolution, resumed at ``position``."""
+    from microdit.data.stream import MixedStream
+
+    return MixedStream(recipe.data, resolution=phase.resolution, batch_size=micro_batch, rank=rank,
+                       world_size=world, position=position)

@@ -1,0 +1,94 @@
+"""Everything a checkpoint holds, and how it is written and read (Ray ``Checkpoint`` directories).
+
+A checkpoint holds the model, EMA, optimizer, the position in the recipe (phase, step, images),
+dollars spent, RNG states and every worker's data-stream position, so a restarted worker
+continues exactly where the checkpoint left off. The final EMA weights are also written as a
+small standalone file (``final_weights.pt``) that loads without Ray: ``load_weights(path)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "train_state.pt"
+WEIGHTS_FILE = "final_weights.pt"
+
+
+@dataclass
+class Progress:
+    """Where the run is in its recipe."""
+
+    phase: int = 0
+    phase_step: int = 0
+    phase_images: int = 0
+    phase_dollars: float = 0.0
+    global_step: int = 0
+    images_seen: int = 0
+    finished: bool = False
+    data_positions: list[Any] = field(default_factory=list)  # one per rank
+    phase_ema_started: bool = False
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_state(directory: str | os.PathLike, *, model_state: dict, optimizer_state: dict,
+               ema_state: dict | None, progress: Progress, cost_state: dict, model_config: dict) -> Path:
+    path = Path(directory) / STATE_FILE
+    torch.save({
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "ema": ema_state,
+        "progress": asdict(progress),
+        "cost": cost_state,
+        "rng": rng_state(),
+        "model_config": model_config,
+    }, path)
+    return path
+
+
+def load_state(directory: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], model_config: dict,
+                 meta: dict[str, Any]) -> Path:
+    """Small standalone weights (EMA if the recipe used one): config + fp32 state dict + metadata."""
+    path = Path(path)
+    torch.save({"model_config": model_config, "state_dict": state_dict, "meta": meta}, path)
+    return path
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Build a ``MicroDiT`` from ``final_weights.pt`` (or a training checkpoint directory)."""
+    from microdit.config.model import ModelConfig
+    from microdit.model import MicroDiT
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / WEIGHTS_FILE).exists():
+            path = path / WEIGHTS_FILE
+        else:
+            state = load_state(path)
+            model = MicroDiT(ModelConfig.from_dict(state["model_config"]))
+            weights = state["ema"]["shadow"] if state.get("ema") else state["model"]
+            model.load_state_dict(weights)
+            return model.to(device).eval()
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model = MicroDiT(ModelConfig.from_dict(blob["model_config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,179 @@
+"""The driver side of a training run: resolve the recipe, tie it to MLflow, fit a TorchTrainer.
+
+``run_training`` connects to Ray (``RAY_ADDRESS`` or a local loopback cluster), makes sure the
+data exists (the demo sets are built on first use), resolves the model against the data
+(caption width, latent channels), finds or creates the MLflow run tagged with the Ray run name
+(so relaunching the same recipe name resumes both the Ray run and its MLflow record), and fits
+a Ray Train V2 ``TorchTrainer`` with a deterministic run name (SPEC §8: then
+``FailureConfig`` retries and a relaunched driver resume from the latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from microdit.config.model import ModelConfig
+from microdit.config.overrides import flatten
+from microdit.config.recipe import RecipeConfig
+from microdit.errors import ConfigError
+from microdit.tracking import finish_run, get_or_create_run, log_params, tracking_uri
+
+log = logging.getLogger(__name__)
+DEMO_SETS = ("demo_real", "demo_synthetic", "demo_real_heldout")
+
+
+class TrainingStopped(RuntimeError):
+    """The run ended early and cannot continue by retrying (e.g. a non-finite loss)."""
+
+
+@dataclass
+class TrainSummary:
+    run_name: str
+    mlflow_run_id: str
+    storage: str
+    global_step: int
+    images_seen: int
+    cost_usd: float
+    gpu_hours: float
+    weights: str | None
+    wall_seconds: float
+
+
+def connect_ray() -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local one bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True)
+
+
+def ensure_data(recipe: RecipeConfig) -> None:
+    """Build the demo sets when a recipe names them and they do not exist yet."""
+    from microdit.data.manifest import resolve_set_path
+
+    refs = [r for r in (recipe.data.real, recipe.data.synthetic) if r]
+    missing = [r for r in refs if not (resolve_set_path(r) / "manifest.json").exists()]
+    if not missing:
+        return
+    if all(r in DEMO_SETS for r in missing):
+        from microdit.data.demo import ensure_demo_sets
+
+        resolutions = sorted({p.resolution for p in recipe.phases})
+        log.info("building the demo sets at %s px (first use)", resolutions)
+        ensure_demo_sets(resolution=resolutions)
+        return
+    raise ConfigError(f"data: set(s) {missing} not found (looked under {resolve_set_path(missing[0])}); "
+                      "run `microdit prepare ...` first or fix data.real / data.synthetic")
+
+
+def resolve_model(recipe: RecipeConfig) -> tuple[ModelConfig, int]:
+    """The model config with caption width / latent channels taken from the data; caption length."""
+    from microdit.data.manifest import load_manifest, resolve_set_path
+
+    overrides: dict[str, Any] = {}
+    caption_len = recipe.caption_len
+    refs = [r for r in (recipe.data.real, recipe.data.synthetic) if r]
+    manifests = [load_manifest(resolve_set_path(r)) for r in refs if (resolve_set_path(r) / "manifest.json").exists()]
+    if manifests:
+        first = manifests[0]
+        for other in manifests[1:]:
+            if other.text_shape != first.text_shape:
+                raise ConfigError(f"data: sets {first.name!r} and {other.name!r} use different text encoders "
+                                  f"({first.text_shape} vs {other.text_shape}); prepare both with the same one")
+        caption_len, caption_dim = first.text_shape
+        overrides["caption_dim"] = caption_dim
+        for phase in recipe.phases:
+            channels, height, _ = first.latent_shape(phase.resolution)
+            overrides["latent_channels"] = channels
+            if phase.resolution // recipe.vae_factor != height:
+                raise ConfigError(f"vae_factor={recipe.vae_factor}: set {first.name!r} has {height}x{height} latents "
+                                  f"at {phase.resolution} px, so vae_factor must be {phase.resolution // height}")
+    explicit = {k: v for k, v in overrides.items() if k in recipe.model and recipe.model[k] != v}
+    if explicit:
+        raise ConfigError(f"model: {explicit} contradicts the data (the sets give {overrides}); drop those fields")
+    return recipe.model_config(**overrides), caption_len
+
+
+def storage_path(recipe: RecipeConfig) -> str:
+    return os.path.abspath(recipe.tracking.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs"))
+
+
+def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
+                 callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None) -> TrainSummary:
+    """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED)."""
+    import time
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from microdit.train.loop import train_loop_per_worker
+
+    started = time.perf_counter()
+    connect_ray()
+    ensure_data(recipe)
+    model_config, caption_len = resolve_model(recipe)
+    name = run_name or recipe.name
+    storage = storage_path(recipe)
+    uri = tracking_uri(recipe.tracking.mlflow_uri)
+    run_id, created = get_or_create_run(uri, recipe.tracking.experiment, name, "train", parent_run_id,
+                                        {"ray.storage_path": storage, **(mlflow_tags or {})})
+    if created:
+        log_params(uri, run_id, {**flatten(recipe.to_dict()), **{f"resolved_model.{k}": v for k, v in
+                                                                 model_config.to_dict().items()}})
+    output_dir = Path(storage) / name / "final"
+    config = {"recipe": recipe.to_dict(), "model_config": model_config.to_dict(), "caption_len": caption_len,
+              "mlflow_uri": uri, "mlflow_run_id": run_id, "output_dir": str(output_dir)}
+    resources = recipe.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks or None,
+            failure_config=ray.train.FailureConfig(max_failures=recipe.tracking.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.tracking.keep_checkpoints),
+        ),
+    )
+    from microdit.tracking import client
+
+    try:
+        result = trainer.fit()
+    except Exception:
+        finish_run(uri, run_id, "FAILED")
+        raise
+    outcome = result.return_value or {}
+    mlflow_client = client(uri)
+    if outcome.get("stop_reason") and not outcome.get("finished"):
+        mlflow_client.set_tag(run_id, "microdit.stop_reason", outcome["stop_reason"])
+        finish_run(uri, run_id, "FAILED")
+        raise TrainingStopped(f"run {name!r} stopped: {outcome['stop_reason']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe_file = Path(tmp) / "recipe.yaml"
+        recipe_file.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        mlflow_client.log_artifact(run_id, str(recipe_file))
+    if outcome.get("weights"):
+        mlflow_client.log_artifact(run_id, outcome["weights"], "weights")
+    for key in ("cost_usd", "gpu_hours", "images_seen", "global_step"):
+        if key in outcome:
+            mlflow_client.log_metric(run_id, f"final/{key}", float(outcome[key]))
+    mlflow_client.set_tag(run_id, "microdit.ray_run_path", str(Path(storage) / name))
+    finish_run(uri, run_id, "FINISHED")
+    return TrainSummary(run_name=name, mlflow_run_id=run_id, storage=str(Path(storage) / name),
+                        global_step=int(outcome.get("global_step", 0)), images_seen=int(outcome.get("images_seen", 0)),
+                        cost_usd=float(outcome.get("cost_usd", 0.0)), gpu_hours=float(outcome.get("gpu_hours", 0.0)),
+                        weights=outcome.get("weights"), wall_seconds=time.perf_counter() - started)
