@@ -20,7 +20,7 @@ def ray_local():
             num_cpus=2,
             include_dashboard=True,  # Train V2's placement-group cleaner needs the state API
             dashboard_host="127.0.0.1",
-            node_ip_address="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
         )

@@ -39,11 +39,17 @@ def render_emoji(count: int, size: int = 64, offset: int = 0) -> tuple[np.ndarra
 
 @pytest.fixture(scope="session")
 def emoji_set() -> tuple[np.ndarray, list[str]]:
-    """48 captioned emoji images at 64 px."""
-    return render_emoji(48)
+    """96 distinct captioned emoji images at 64 px."""
+    return render_emoji(96)
 
 
 @pytest.fixture(scope="session")
 def inception_extractor() -> InceptionFeatureExtractor:
     """One loaded FID Inception shared by the evaluation tests (its counters are cumulative)."""
     return InceptionFeatureExtractor(batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def emoji_features(emoji_set, inception_extractor) -> np.ndarray:
+    """Inception features (96, 2048) float64 of ``emoji_set``, extracted once per session."""
+    return inception_extractor(emoji_set[0])

@@ -164,7 +164,9 @@ class RefExpertChoiceMoE(nn.Module):
 
 
 class RefBlock(nn.Module):
-    def __init__(self, dim, cond_dim, head_dim, qkv_ratio, mlp_ratio, multiple_of, eps, bias, moe, experts, cap):
+    def __init__(
+        self, dim, cond_dim, head_dim, qkv_ratio, mlp_ratio, multiple_of, eps, bias, moe, experts, cap
+    ):
         super().__init__()
         hq = _ceil_to(int(dim * qkv_ratio), 2 * head_dim) if qkv_ratio != 1 else dim
         self.norm1 = _ln(dim, eps)
@@ -180,7 +182,9 @@ class RefBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * dim))
 
     def forward(self, x, y, c):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=1
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + self.cross_attn(self.norm2(x), y)
         return x + gate_mlp.unsqueeze(1) * self.mlp(_modulate(self.norm3(x), shift_mlp, scale_mlp))
@@ -301,8 +305,7 @@ class RefDiT(nn.Module):
             qkv = [m for m in qkv for _ in range(depth // len(qkv))]
             ffn = [m for m in ffn for _ in range(depth // len(ffn))]
         self.blocks = nn.ModuleList(
-            block(dim, qkv[i], ffn[i], i < depth - 1 and (i + 1) % experts_every_n == 0)
-            for i in range(depth)
+            block(dim, qkv[i], ffn[i], i < depth - 1 and (i + 1) % experts_every_n == 0) for i in range(depth)
         )
         self.register_buffer("mask_token", torch.zeros(1, 1, patch_size**2 * in_channels))
         self.final_layer = RefFinalLayer(dim, patch_size, in_channels, eps)

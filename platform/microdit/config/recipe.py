@@ -209,6 +209,7 @@ class RecipeConfig:
     vae_factor: int = 8  # pixels per latent: 8 for SD VAEs, 1 for the `pixels` demo encoder
     caption_len: int = 77  # tokens per caption (for FLOPs before the data is read)
     max_dollars: float | None = None  # stop the whole run once it has cost this much
+    max_images: int | None = None  # stop the whole run after this many images (sweep trial budgets)
     debug: dict[str, Any] = field(default_factory=dict)  # fail_at_step, nan_at_step (tests)
 
     def __post_init__(self) -> None:
@@ -216,6 +217,7 @@ class RecipeConfig:
                self.name, "must be letters, digits, - or _ (it names the Ray run and the MLflow run)")
         _check(bool(self.phases), "phases", self.phases, "need at least one phase")
         _check(self.max_dollars is None or self.max_dollars > 0, "max_dollars", self.max_dollars, "must be > 0 or null")
+        _check(self.max_images is None or self.max_images > 0, "max_images", self.max_images, "must be > 0 or null")
         _check(self.vae_factor in (1, 2, 4, 8, 16), "vae_factor", self.vae_factor, "allowed: 1, 2, 4, 8, 16")
         unknown = sorted(set(self.debug) - {"fail_at_step", "nan_at_step"})
         _check(not unknown, "debug", unknown, "allowed keys: fail_at_step, nan_at_step")
@@ -277,6 +279,7 @@ class RecipeConfig:
             vae_factor=data.get("vae_factor", 8),
             caption_len=data.get("caption_len", 77),
             max_dollars=data.get("max_dollars"),
+            max_images=data.get("max_images"),
             debug=dict(data.get("debug") or {}),
         )
 

@@ -43,6 +43,12 @@ def nano() -> ModelConfig:
     )
 
 
+@register("MicroDiT_Nano_4")
+def nano_patch4() -> ModelConfig:
+    """Nano with 4x4 patches: 4x fewer tokens, the embedded demo's size (a few minutes on 2 CPU cores)."""
+    return nano().replace(patch_size=4)
+
+
 @register("MicroDiT_Micro_2")
 def micro() -> ModelConfig:
     """The quickstart sweep's size on CPU (a few M parameters)."""

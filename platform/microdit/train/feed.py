@@ -13,4 +13,4 @@ def open_stream(recipe: RecipeConfig, phase: PhaseConfig, rank: int, world: int,
     from microdit.data.stream import MixedStream
 
     return MixedStream(recipe.data, resolution=phase.resolution, batch_size=micro_batch, rank=rank,
-                       world_size=world, position=position)
+                       world_size=world, state=position)

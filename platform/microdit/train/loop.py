@@ -161,8 +161,8 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
     while True:
         if total_steps is not None and progress.phase_step >= total_steps:
             break
-        over_budget = (phase.dollars is not None and progress.phase_dollars >= phase.dollars) or (
-            recipe.max_dollars is not None and cost.dollars >= recipe.max_dollars)
+        over_budget = (phase.dollars is not None and progress.phase_dollars >= phase.dollars) or run_over_budget(
+            recipe, cost, progress)
         if any_rank(over_budget, device, world):
             break
         if debug.get("fail_at_step") == progress.global_step and rank == world - 1:
@@ -242,14 +242,20 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
                         {"step": progress.global_step, "images_seen": progress.images_seen, "cost_usd": cost.dollars})
         if phase_done:
             break
+    stream.close()
     if phase.steps is None and phase.images is None:  # a dollar-length phase ends here
         _end_phase(progress, recipe)
         _checkpoint(stream, progress, rank, world, device, model, optimizer, ema, cost, model_config,
                     {"step": progress.global_step, "images_seen": progress.images_seen, "cost_usd": cost.dollars})
-    if recipe.max_dollars is not None and cost.dollars >= recipe.max_dollars:
+    if run_over_budget(recipe, cost, progress):
         progress.finished = True
-        return f"run budget max_dollars={recipe.max_dollars} reached"
+        return "run budget reached (max_dollars / max_images)"
     return None
+
+
+def run_over_budget(recipe: RecipeConfig, cost: CostMeter, progress: Progress) -> bool:
+    return (recipe.max_dollars is not None and cost.dollars >= recipe.max_dollars) or (
+        recipe.max_images is not None and progress.images_seen >= recipe.max_images)
 
 
 def _end_phase(progress: Progress, recipe: RecipeConfig) -> None:

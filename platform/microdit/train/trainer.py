@@ -55,7 +55,7 @@ def connect_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True)
+        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True)
 
 
 def ensure_data(recipe: RecipeConfig) -> None:

@@ -1,0 +1,146 @@
+"""``microdit model``: describe a named MicroDiT size without building it.
+
+Prints the resolved architecture config, total and active parameters (counted on the meta
+device: no memory), and forward / training FLOPs per image at a resolution and mask ratio::
+
+    microdit model --size MicroDiT_XL_2 --dry-run
+    microdit model --size MicroDiT_Micro_2 --resolution 256 --mask-ratio 0.5 --set caption_dim=1024 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from microdit.config.model import ModelConfig
+from microdit.errors import ConfigError
+
+VAE_FACTOR = 8  # SDXL VAE: 8x spatial downsampling (SPEC §1)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from microdit.model.sizes import size_names
+
+    parser = subparsers.add_parser(
+        "model",
+        help="describe a model size: config, parameters, FLOPs per image",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--size", required=True, metavar="NAME", help=f"one of: {', '.join(size_names())}")
+    parser.add_argument("--resolution", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument(
+        "--latent-size", type=int, default=None, help=f"latent side; default resolution / {VAE_FACTOR}"
+    )
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="fraction of patches dropped in training (default: the config's mask_ratio)",
+    )
+    parser.add_argument(
+        "--caption-len", type=int, default=77, help="caption tokens per image (default 77)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a ModelConfig field (YAML value), e.g. --set caption_dim=384; repeatable",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and counts without building the model (the only mode today)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["caption_dim=384", "qkv_ratio_range=[0.5, 1]"]`` -> ``{"caption_dim": 384, ...}``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        field, sep, raw = item.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set caption_dim=384")
+        try:
+            overrides[field] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({err.__class__.__name__})") from None
+    return overrides
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, ModelConfig, int, float]:
+    """Validate the options: (size name, config, latent side, mask ratio)."""
+    from microdit.model.sizes import model_config
+
+    config = model_config(args.size, **parse_overrides(args.overrides))
+    if args.latent_size is not None:
+        latent = args.latent_size
+        if latent <= 0:
+            raise ConfigError(f"--latent-size={latent}: must be a positive integer")
+    else:
+        if args.resolution <= 0 or args.resolution % VAE_FACTOR:
+            raise ConfigError(
+                f"--resolution={args.resolution}: must be a positive multiple of the VAE factor {VAE_FACTOR}"
+            )
+        latent = args.resolution // VAE_FACTOR
+    config.num_tokens(latent)  # raises if the latent is not divisible by the patch size
+    ratio = config.mask_ratio if args.mask_ratio is None else float(args.mask_ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"--mask-ratio={ratio}: must be in [0, 1)")
+    if ratio > 0 and config.masking == "none":
+        raise ConfigError(f"--mask-ratio={ratio}: model.masking='none' drops no patches; use 0")
+    if args.caption_len <= 0:
+        raise ConfigError(f"--caption-len={args.caption_len}: must be a positive integer")
+    return args.size, config, latent, ratio
+
+
+def describe(name: str, config: ModelConfig, latent: int, ratio: float, caption_len: int) -> str:
+    """The text ``microdit model --dry-run`` prints."""
+    from microdit.model.flops import forward_flops
+    from microdit.model.sizes import parameter_counts
+
+    tokens, kept = config.num_tokens(latent), config.kept_tokens(latent, ratio)
+    grid = latent // config.patch_size
+    data = config.to_dict()
+    if config.pos_interp_scale is None:
+        data["pos_interp_scale"] = f"None (-> {config.pos_scale(grid):g} at a {grid}x{grid} grid)"
+    width = max(*map(len, data), len("training (3x forward)"))
+    lines = [f"model: {name}", "config:"]
+    lines += [f"  {key:<{width}}  {value}" for key, value in data.items()]
+
+    counts = parameter_counts(config)
+    lines += [
+        "parameters:",
+        f"  {'total':<{width}}  {counts['total']:,}",
+        f"  {'active per token':<{width}}  {counts['active']:,}",
+        f"  {'in experts':<{width}}  {counts['experts']:,}",
+    ]
+
+    flops = forward_flops(config, latent, ratio, caption_len)
+    dense = forward_flops(config, latent, 0.0, caption_len)
+    px = latent * VAE_FACTOR
+    lines += [
+        f"FLOPs per image (GFLOP) at {px} px ({latent}x{latent} latent, {tokens} tokens), "
+        f"mask ratio {ratio:g} ({kept} tokens reach the backbone), caption {caption_len} tokens:",
+        f"  {'forward':<{width}}  {flops.forward / 1e9:,.2f}   (embed {flops.embed / 1e9:,.2f}, "
+        f"mixer {flops.mixer / 1e9:,.2f}, backbone {flops.backbone / 1e9:,.2f}, final {flops.final / 1e9:,.3f})",
+        f"  {'training (3x forward)':<{width}}  {flops.train / 1e9:,.2f}",
+    ]
+    if ratio > 0:
+        lines.append(
+            f"  {'training at ratio 0':<{width}}  {dense.train / 1e9:,.2f}   "
+            f"(masking saves {dense.train / flops.train:.2f}x)"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    name, config, latent, ratio = resolve(args)
+    print(describe(name, config, latent, ratio, args.caption_len))
+    return 0

@@ -1,0 +1,1 @@
+"""Ablation sweeps: YAML spec -> Ray Tune + Optuna trials (each a TorchTrainer) -> MLflow Pareto report."""

@@ -1,0 +1,66 @@
+"""``microdit sweep SPEC --dry-run``: how many trials, what each is predicted to cost, the total.
+
+A trial's cost comes from the analytic FLOP count of its recipe and the price table: with a
+dollar budget per trial that budget is the cost; with an image budget it is images / speed,
+speed = MFU x peak x devices / FLOPs per image on GPUs (or a given images/s). Grid sweeps list
+every trial; sampled sweeps list the space's corners (the cost range) and max_trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from microdit.config.recipe import RecipeConfig
+from microdit.config.sweep import SweepSpec
+from microdit.sweep.pareto import format_table
+from microdit.train.predict import predict
+
+DEFAULT_MFU = 0.5
+DEFAULT_CPU_IMAGES_PER_S = 20.0
+
+
+def trial_cost(spec: SweepSpec, values: dict, images_per_s: float | None) -> tuple[float, float]:
+    """(predicted dollars, predicted hours) of one trial."""
+    recipe = RecipeConfig.from_dict(spec.trial_recipe(values, "plan"))
+    model = recipe.model_config()
+    speed = images_per_s or (None if recipe.resources.peak_flops else DEFAULT_CPU_IMAGES_PER_S)
+    rows = predict(recipe, model, recipe.caption_len, assume_mfu=None if speed else DEFAULT_MFU, images_per_s=speed)
+    dollars = sum(r.dollars for r in rows)
+    hours = sum(r.hours for r in rows)
+    rate = recipe.resources.hourly_price * recipe.resources.billed_devices
+    if spec.trial_dollars is not None:
+        dollars, hours = min(dollars, spec.trial_dollars), min(hours, spec.trial_dollars / rate)
+    if spec.trial_images is not None:
+        images = sum(r.images for r in rows)
+        if images > spec.trial_images:
+            dollars, hours = dollars * spec.trial_images / images, hours * spec.trial_images / images
+    return dollars, hours
+
+
+def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
+    if spec.is_grid:
+        combos = spec.grid()[: spec.max_trials]
+        heading = f"grid search: {len(combos)} trials"
+    else:
+        options = [[(p.key, v) for v in (p.values if p.kind in ("grid", "choice") else p.values[:2])] for p in spec.space]
+        combos = [dict(c) for c in itertools.islice(itertools.product(*options), 64)]
+        heading = (f"{spec.algorithm} search: up to {spec.max_trials} trials sampled; the space's corners "
+                   "(cost range) are listed")
+    rows = []
+    for i, values in enumerate(combos):
+        dollars, hours = trial_cost(spec, values, images_per_s)
+        labels = {k: ",".join(f"{a.split('.')[-1]}={b}" for a, b in v.items()) if isinstance(v, dict) else v
+                  for k, v in values.items()}
+        rows.append({"#": i, **labels, "pred_hours": hours, "pred_usd": dollars})
+    columns = ["#", *[p.key for p in spec.space], "pred_hours", "pred_usd"]
+    per_trial = [r["pred_usd"] for r in rows]
+    total = sum(per_trial) if spec.is_grid else max(per_trial) * spec.max_trials
+    lines = [f"sweep {spec.name}: {heading}; objectives "
+             f"{', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}; max concurrent {spec.max_concurrent}",
+             format_table(rows, columns),
+             f"trials: {spec.num_trials()}; predicted total: ${total:,.4f}"
+             + ("" if spec.is_grid else " (upper bound: max_trials x the dearest corner)")]
+    if spec.budget_dollars is not None:
+        lines.append(f"sweep budget: ${spec.budget_dollars:,.4f} — the budget guard starts no trial once spent + "
+                     "committed would pass it")
+    return "\n".join(lines)
