@@ -19,7 +19,10 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in BENCHMARKS:
-        print(f"benchmark.py: error: unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"benchmark.py: error: unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         module = importlib.import_module(f"microdit.benchmarks.{name}")

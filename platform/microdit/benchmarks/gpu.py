@@ -21,8 +21,16 @@ from microdit.model.sizes import model_config
 H100_PEAK = 989e12
 
 
-def time_steps(model: MicroDiT, batch: int, latent: int, caption_len: int, mask_ratio: float, steps: int,
-               warmup: int, compiled: bool) -> float:
+def time_steps(
+    model: MicroDiT,
+    batch: int,
+    latent: int,
+    caption_len: int,
+    mask_ratio: float,
+    steps: int,
+    warmup: int,
+    compiled: bool,
+) -> float:
     """Seconds per training step (median-free mean over ``steps`` after ``warmup``)."""
     device = torch.device("cuda")
     cfg = model.config
@@ -35,8 +43,9 @@ def time_steps(model: MicroDiT, batch: int, latent: int, caption_len: int, mask_
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = edm_loss(denoiser, x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=mask_ratio,
-                            generator=generator).loss
+            loss = edm_loss(
+                denoiser, x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=mask_ratio, generator=generator
+            ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         optimizer.step()
@@ -73,16 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     latent = args.resolution // 8
     ratios = [float(r) for r in args.mask_ratios.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.size} at {args.resolution}px "
-          f"(latent {latent}), bf16 autocast, AdamW fused, caption {args.caption_len}x{cfg.caption_dim}")
-    print(f"{'mask':>5} {'batch':>6} {'mode':>8} {'s/step':>8} {'img/s':>9} {'TFLOP/s':>9} {'MFU':>6} {'mem GB':>7}")
-    for compiled in ([False, True] if args.compile else [False]):  # all eager rows first
+    print(
+        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.size} at {args.resolution}px "
+        f"(latent {latent}), bf16 autocast, AdamW fused, caption {args.caption_len}x{cfg.caption_dim}"
+    )
+    print(
+        f"{'mask':>5} {'batch':>6} {'mode':>8} {'s/step':>8} {'img/s':>9} {'TFLOP/s':>9} {'MFU':>6} {'mem GB':>7}"
+    )
+    for compiled in [False, True] if args.compile else [False]:  # all eager rows first
         for ratio, batch in zip(ratios, batches):
             torch.manual_seed(0)
             model = MicroDiT(cfg.replace(masking="deferred")).cuda()
             torch.cuda.reset_peak_memory_stats()
             try:
-                seconds = time_steps(model, batch, latent, args.caption_len, ratio, args.steps, args.warmup, compiled)
+                seconds = time_steps(
+                    model, batch, latent, args.caption_len, ratio, args.steps, args.warmup, compiled
+                )
             except torch.OutOfMemoryError:
                 print(f"{ratio:>5} {batch:>6} {'compile' if compiled else 'eager':>8}  out of memory")
                 del model
@@ -90,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             images_per_s = batch / seconds
             flops = train_flops_per_image(cfg, latent, ratio, args.caption_len) * images_per_s
-            print(f"{ratio:>5} {batch:>6} {'compile' if compiled else 'eager':>8} {seconds:>8.3f} {images_per_s:>9.1f} "
-                  f"{flops / 1e12:>9.1f} {flops / args.peak:>6.1%} {torch.cuda.max_memory_allocated() / 2**30:>7.1f}",
-                  flush=True)
+            print(
+                f"{ratio:>5} {batch:>6} {'compile' if compiled else 'eager':>8} {seconds:>8.3f} {images_per_s:>9.1f} "
+                f"{flops / 1e12:>9.1f} {flops / args.peak:>6.1%} {torch.cuda.max_memory_allocated() / 2**30:>7.1f}",
+                flush=True,
+            )
             del model
             torch.cuda.empty_cache()
     print("paper: ~380 images/s per H100 averaged over its 4 phases (SPEC §4)")

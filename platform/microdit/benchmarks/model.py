@@ -16,19 +16,27 @@ load from other processes on a shared machine hits every configuration alike.
 
 from __future__ import annotations
 
-import argparse
-import platform
-import statistics
-import time
-from collections.abc import Callable
+import os
 
-import torch
+# Spinning OpenMP workers fight every other process on a shared 2-core machine (measured here:
+# 2-7x slower steps while other test suites ran); passive waiting keeps timings stable. Only
+# effective when torch is not imported yet (as through jobs/benchmark.py); override with
+# OMP_WAIT_POLICY=ACTIVE.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from microdit.config.model import ModelConfig
-from microdit.diffusion import EDMDenoiser, edm_loss
-from microdit.model import MicroDiT
-from microdit.model.flops import forward_flops, train_flops_per_image
-from microdit.model.sizes import model_config, parameter_counts
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+from microdit.config.model import ModelConfig  # noqa: E402
+from microdit.diffusion import EDMDenoiser, edm_loss  # noqa: E402
+from microdit.model import MicroDiT  # noqa: E402
+from microdit.model.flops import forward_flops, train_flops_per_image  # noqa: E402
+from microdit.model.sizes import model_config, parameter_counts  # noqa: E402
 
 # Micro_2 is the largest registry size whose whole benchmark (3 ratios + dense twin, warm-up
 # and reps) fits in ~3 minutes on a 2-core CPU: ~16 GFLOP per training image at r = 0 (0.3-0.5 s
@@ -104,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"# CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; batch {args.batch}, fp32 forward+backward (EDM loss), "
+        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+        f"load average {os.getloadavg()[0]:.1f}; batch {args.batch}, fp32 forward+backward (EDM loss), "
         f"median of {args.reps} after {args.warmup} warm-up, round-robin"
     )
 
@@ -132,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * speedup / predicted:>8.0f}%"
         )
     r75 = (base_time / medians["moe@0.75"]) / (base_flops / train_flops_per_image(moe_cfg, s, 0.75, length))
-    print(f"target: measured speedup at r=0.75 >= 80% of predicted -> {100 * r75:.0f}% ({'met' if r75 >= 0.8 else 'NOT met'})")
+    print(
+        f"target: measured speedup at r=0.75 >= 80% of predicted -> {100 * r75:.0f}% ({'met' if r75 >= 0.8 else 'NOT met'})"
+    )
 
     if not args.skip_moe:
         dense_counts = parameter_counts(dense_cfg)
@@ -141,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             f"active params: MoE {counts['active']:,} vs dense {dense_counts['active']:,} "
             f"({100 * (dense_counts['active'] / counts['active'] - 1):+.1f}%)"
         )
-        print(f"{'ratio':>5}  {'MoE ms/sample':>13}  {'dense ms/sample':>15}  {'time MoE/dense':>14}  {'FLOP MoE/dense':>14}")
+        print(
+            f"{'ratio':>5}  {'MoE ms/sample':>13}  {'dense ms/sample':>15}  {'time MoE/dense':>14}  {'FLOP MoE/dense':>14}"
+        )
         for r in (0.0, 0.75):
             tm, td = medians[f"moe@{r}"], medians[f"dense@{r}"]
             fm = forward_flops(moe_cfg, s, r, length).forward
@@ -152,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     xl = model_config("MicroDiT_XL_2")
-    print("\n## predicted training FLOPs per image, MicroDiT_XL_2 at 256 px (32x32 latent, 77 caption tokens)")
+    print(
+        "\n## predicted training FLOPs per image, MicroDiT_XL_2 at 256 px (32x32 latent, 77 caption tokens)"
+    )
     for r in (0.0, 0.75):
         print(f"r={r:.2f}: {train_flops_per_image(xl, 32, r, 77) / 1e9:,.1f} GFLOP")
     print(f"\n# timed section: {elapsed:.0f} s")

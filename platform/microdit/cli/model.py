@@ -39,9 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="fraction of patches dropped in training (default: the config's mask_ratio)",
     )
-    parser.add_argument(
-        "--caption-len", type=int, default=77, help="caption tokens per image (default 77)"
-    )
+    parser.add_argument("--caption-len", type=int, default=77, help="caption tokens per image (default 77)")
     parser.add_argument(
         "--set",
         dest="overrides",

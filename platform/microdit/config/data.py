@@ -47,10 +47,20 @@ class VaeConfig:
     subfolder: str | None = None  # e.g. "vae" inside a full pipeline repository
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.name, str) and bool(self.name), "vae", self, "name",
-              f"must be '{PIXELS}' or an AutoencoderKL hub id / local path")
-        _need(self.scaling_factor is None or self.scaling_factor > 0, "vae", self, "scaling_factor",
-              "must be > 0 or null (use the model's config)")
+        _need(
+            isinstance(self.name, str) and bool(self.name),
+            "vae",
+            self,
+            "name",
+            f"must be '{PIXELS}' or an AutoencoderKL hub id / local path",
+        )
+        _need(
+            self.scaling_factor is None or self.scaling_factor > 0,
+            "vae",
+            self,
+            "scaling_factor",
+            "must be > 0 or null (use the model's config)",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VaeConfig:
@@ -66,11 +76,27 @@ class TextEncoderConfig:
     kind: str = "auto"  # auto (from config.model_type) | clip | t5 | auto_model
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.name, str) and bool(self.name), "text_encoder", self, "name",
-              f"must be '{PACKAGED_MINILM}', a hub id or a local path")
-        _need(isinstance(self.max_length, int) and 1 <= self.max_length <= 4096, "text_encoder", self,
-              "max_length", "must be an integer in [1, 4096]")
-        _need(self.kind in TEXT_MODEL_KINDS, "text_encoder", self, "kind", f"allowed: {', '.join(TEXT_MODEL_KINDS)}")
+        _need(
+            isinstance(self.name, str) and bool(self.name),
+            "text_encoder",
+            self,
+            "name",
+            f"must be '{PACKAGED_MINILM}', a hub id or a local path",
+        )
+        _need(
+            isinstance(self.max_length, int) and 1 <= self.max_length <= 4096,
+            "text_encoder",
+            self,
+            "max_length",
+            "must be an integer in [1, 4096]",
+        )
+        _need(
+            self.kind in TEXT_MODEL_KINDS,
+            "text_encoder",
+            self,
+            "kind",
+            f"allowed: {', '.join(TEXT_MODEL_KINDS)}",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextEncoderConfig:
@@ -98,7 +124,13 @@ class SourceConfig:
         _need(self.kind in SOURCE_KINDS, "source", self, "kind", f"allowed: {', '.join(SOURCE_KINDS)}")
         _need(self.tag in TAGS, "source", self, "tag", "allowed: real, synthetic")
         if not self.kind.startswith("demo_"):
-            _need(bool(self.path), "source", self, "path", "is required for folder, webdataset and parquet sources")
+            _need(
+                bool(self.path),
+                "source",
+                self,
+                "path",
+                "is required for folder, webdataset and parquet sources",
+            )
         else:
             _need(self.demo_count > 0, "source", self, "demo_count", "must be > 0 for demo sources")
             _need(self.demo_start >= 0, "source", self, "demo_start", "must be >= 0")
@@ -127,17 +159,31 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
-        _need(isinstance(self.out, str) and bool(self.out), "prepare", self, "out", "must name a set directory")
-        _need(len(self.resolutions) > 0 and all(r >= 8 for r in self.resolutions), "prepare", self,
-              "resolutions", "must list pixel sizes >= 8")
-        _need(len(set(self.resolutions)) == len(self.resolutions), "prepare", self, "resolutions",
-              "must not repeat a size")
+        _need(
+            isinstance(self.out, str) and bool(self.out), "prepare", self, "out", "must name a set directory"
+        )
+        _need(
+            len(self.resolutions) > 0 and all(r >= 8 for r in self.resolutions),
+            "prepare",
+            self,
+            "resolutions",
+            "must list pixel sizes >= 8",
+        )
+        _need(
+            len(set(self.resolutions)) == len(self.resolutions),
+            "prepare",
+            self,
+            "resolutions",
+            "must not repeat a size",
+        )
         _need(self.rows_per_shard >= 1, "prepare", self, "rows_per_shard", "must be >= 1")
         _need(self.encode_batch_size >= 1, "prepare", self, "encode_batch_size", "must be >= 1")
         _need(self.num_encoders >= 1, "prepare", self, "num_encoders", "must be >= 1")
         _need(self.gpus_per_encoder >= 0, "prepare", self, "gpus_per_encoder", "must be >= 0")
         _need(self.cpus_per_encoder > 0, "prepare", self, "cpus_per_encoder", "must be > 0")
-        _need(self.min_side is None or self.min_side >= 1, "prepare", self, "min_side", "must be >= 1 or null")
+        _need(
+            self.min_side is None or self.min_side >= 1, "prepare", self, "min_side", "must be >= 1 or null"
+        )
 
     @property
     def effective_min_side(self) -> int:
@@ -170,22 +216,44 @@ class DataMixConfig:
     synthetic_fraction: float = 0.0  # f: exactly floor(n*f) of the first n rows are synthetic, per worker
     shuffle_buffer: int = 4096  # rows shuffled together (whole shards, grouped until >= this many rows)
     seed: int = 0  # shard order, shard-to-worker assignment and row shuffle, per pass
-    read_cpus: float = 0.25  # logical CPUs per Ray Data read task (small: train workers hold the rest)
+    # Logical CPUs per Ray Data read task (at most 2 in flight per source per worker). Train workers
+    # must leave this much free, or the reads never schedule; 0 = schedule regardless of free CPUs.
+    read_cpus: float = 0.25
     prefetch_windows: int = 2  # shuffled windows read ahead per source
 
     def __post_init__(self) -> None:
         f = self.synthetic_fraction
-        _need(isinstance(f, (int, float)) and 0.0 <= f <= 1.0, "data", self, "synthetic_fraction",
-              "must be a number in [0, 1]")
+        _need(
+            isinstance(f, (int, float)) and 0.0 <= f <= 1.0,
+            "data",
+            self,
+            "synthetic_fraction",
+            "must be a number in [0, 1]",
+        )
         _need(f == 1.0 or bool(self.real), "data", self, "real", "is required when synthetic_fraction < 1")
-        _need(f == 0.0 or bool(self.synthetic), "data", self, "synthetic",
-              "is required when synthetic_fraction > 0")
-        _need(isinstance(self.shuffle_buffer, int) and self.shuffle_buffer >= 1, "data", self, "shuffle_buffer",
-              "must be an integer >= 1 (rows)")
+        _need(
+            f == 0.0 or bool(self.synthetic),
+            "data",
+            self,
+            "synthetic",
+            "is required when synthetic_fraction > 0",
+        )
+        _need(
+            isinstance(self.shuffle_buffer, int) and self.shuffle_buffer >= 1,
+            "data",
+            self,
+            "shuffle_buffer",
+            "must be an integer >= 1 (rows)",
+        )
         _need(isinstance(self.seed, int), "data", self, "seed", "must be an integer")
-        _need(self.read_cpus > 0, "data", self, "read_cpus", "must be > 0")
-        _need(isinstance(self.prefetch_windows, int) and self.prefetch_windows >= 1, "data", self,
-              "prefetch_windows", "must be an integer >= 1")
+        _need(self.read_cpus >= 0, "data", self, "read_cpus", "must be >= 0")
+        _need(
+            isinstance(self.prefetch_windows, int) and self.prefetch_windows >= 1,
+            "data",
+            self,
+            "prefetch_windows",
+            "must be an integer >= 1",
+        )
 
     @property
     def fraction(self) -> Fraction:

@@ -117,7 +117,9 @@ class ClipScorer:
         """100 × mean cosine of matching (image, caption) pairs."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ConfigError(f"clip score images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise ConfigError(
+                f"clip score images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
+            )
         if len(images) != len(captions) or len(images) == 0:
             raise ConfigError(
                 f"clip score: need one caption per image, got {len(images)} images and {len(captions)} captions"

@@ -137,5 +137,11 @@ def local_feature_stats(
             stats.update(extractor(batch))  # (N, 2048)
             bar.update(len(batch))
     elapsed = time.perf_counter() - start
-    log.info("%s: %d images in %.1f s = %.2f images/s in-process", desc, stats.count, elapsed, stats.count / max(elapsed, 1e-9))
+    log.info(
+        "%s: %d images in %.1f s = %.2f images/s in-process",
+        desc,
+        stats.count,
+        elapsed,
+        stats.count / max(elapsed, 1e-9),
+    )
     return stats

@@ -111,9 +111,15 @@ class FeatureStats:
         with np.load(path) as data:
             keys = set(data.files)
             if {"count", "sum", "outer_sum"} <= keys:
-                return cls(int(data["count"]), data["sum"].astype(np.float64), data["outer_sum"].astype(np.float64))
+                return cls(
+                    int(data["count"]), data["sum"].astype(np.float64), data["outer_sum"].astype(np.float64)
+                )
             if {"mu", "sigma", "count"} <= keys:
-                n, mu, sigma = int(data["count"]), data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+                n, mu, sigma = (
+                    int(data["count"]),
+                    data["mu"].astype(np.float64),
+                    data["sigma"].astype(np.float64),
+                )
                 return cls(n, n * mu, (n - 1) * sigma + n * np.outer(mu, mu))
         raise ConfigError(
             f"feature stats '{path}': expected keys (count, sum, outer_sum) or (mu, sigma, count), got {sorted(keys)}"

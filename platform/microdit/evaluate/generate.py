@@ -45,17 +45,33 @@ class LatentDecoder:
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, text_emb: torch.Tensor, decoder: LatentDecoder, latent_size: int, *,
-             steps: int = 30, guidance: float = 5.0, seed: int = 0, batch_size: int = 64,
-             sampler: str = "heun") -> np.ndarray:
+def generate(
+    model: torch.nn.Module,
+    text_emb: torch.Tensor,
+    decoder: LatentDecoder,
+    latent_size: int,
+    *,
+    steps: int = 30,
+    guidance: float = 5.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    sampler: str = "heun",
+) -> np.ndarray:
     """uint8 (N, H, W, 3) images for caption embeddings (N, L, Dy); sample i uses seed + i's batch."""
     device = next(model.parameters()).device
     denoiser = EDMDenoiser(model).eval()
     channels = model.config.latent_channels
     out = []
     for start in range(0, len(text_emb), batch_size):
-        y = text_emb[start:start + batch_size].to(device, torch.float32)
-        latents = sample(denoiser, y, (len(y), channels, latent_size, latent_size), steps=steps,
-                         guidance=guidance, sampler=sampler, seed=seed + start)
+        y = text_emb[start : start + batch_size].to(device, torch.float32)
+        latents = sample(
+            denoiser,
+            y,
+            (len(y), channels, latent_size, latent_size),
+            steps=steps,
+            guidance=guidance,
+            sampler=sampler,
+            seed=seed + start,
+        )
         out.append(decoder(latents))
     return np.concatenate(out) if out else np.zeros((0, latent_size, latent_size, 3), np.uint8)

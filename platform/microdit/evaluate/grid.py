@@ -44,9 +44,13 @@ def save_grid(
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
-        raise ConfigError(f"grid images: expected non-empty uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        raise ConfigError(
+            f"grid images: expected non-empty uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
+        )
     if captions is not None and len(captions) != len(images):
-        raise ConfigError(f"grid: {len(captions)} captions for {len(images)} images; give one per image or none")
+        raise ConfigError(
+            f"grid: {len(captions)} captions for {len(images)} images; give one per image or none"
+        )
     n, h, w, _ = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     if ncols < 1:

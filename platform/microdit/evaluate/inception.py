@@ -102,7 +102,11 @@ def to_inception_input(images: np.ndarray | torch.Tensor | Sequence[np.ndarray])
         if not images:
             raise ConfigError("images: got an empty list; pass at least one image")
         return torch.cat([to_inception_input(np.asarray(im)[None]) for im in images])
-    x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        # torch refuses to wrap read-only arrays (Ray object-store batches are read-only).
+        x = torch.from_numpy(images if images.flags.writeable else images.copy())
+    else:
+        x = images
     if x.ndim != 4:
         raise ConfigError(f"images: expected a 4-d batch (N,H,W,3) or (N,3,H,W), got shape {tuple(x.shape)}")
     if x.shape[1] != 3 and x.shape[-1] == 3:

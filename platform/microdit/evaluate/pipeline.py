@@ -35,7 +35,9 @@ class EvaluationConfig:
     extras: dict = field(default_factory=dict)
 
 
-def evaluate_model(model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None) -> dict:
+def evaluate_model(
+    model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None
+) -> dict:
     """{fid_N: value, clip_score?: value, eval_seconds, eval_images_per_s}; optionally a sample grid."""
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
@@ -59,16 +61,26 @@ def evaluate_model(model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str
     captions = [rows["caption"][i] for i in index]
     latent_size = rows["latents"].shape[-1]
     gen_start = time.perf_counter()
-    images = generate(model, text_emb, decoder, latent_size, steps=cfg.steps, guidance=cfg.guidance,
-                      seed=cfg.seed, batch_size=cfg.batch_size)
+    images = generate(
+        model,
+        text_emb,
+        decoder,
+        latent_size,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
     gen_seconds = time.perf_counter() - gen_start
-    batches = (images[i:i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))
+    batches = (images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))
     if cfg.num_actors:
         stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images))
     else:
         stats = local_feature_stats(batches, InceptionFeatureExtractor(), total=len(images))
-    metrics = {fid_metric_name(cfg.num_samples): fid_from_stats(stats, reference.stats),
-               "generation_images_per_s": len(images) / max(gen_seconds, 1e-9)}
+    metrics = {
+        fid_metric_name(cfg.num_samples): fid_from_stats(stats, reference.stats),
+        "generation_images_per_s": len(images) / max(gen_seconds, 1e-9),
+    }
     scorer = load_clip_scorer(cfg.clip_model)
     if scorer is not None:
         metrics["clip_score"] = scorer.score(images, captions)

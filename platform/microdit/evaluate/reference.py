@@ -187,7 +187,9 @@ def reference_stats(
         if stats.count == count:
             log.info("reference stats: cache hit %s", cache_path)
             return ReferenceSet(stats, captions, cache_path, key, from_cache=True)
-        log.warning("reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count)
+        log.warning(
+            "reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count
+        )
 
     if array is not None:
         batches = _array_batches(array, resolution, batch_size)
