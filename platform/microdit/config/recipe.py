@@ -24,6 +24,9 @@ from microdit.errors import ConfigError
 PRICE_PER_HOUR = {"H100": 3.79, "H200": 4.50, "A100": 1.79, "L4": 0.80, "CPU": 0.05}
 # Dense bf16 peak FLOP/s per device for MFU; CPU has no meaningful peak (log FLOP/s instead).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+# Test hooks: a one-time failure on the last rank, a NaN loss, and a JSONL file per rank of the
+# row ids each micro-batch consumed (to check resume exactness: no duplicate, no gap).
+DEBUG_KEYS = ("fail_at_step", "nan_at_step", "record_ids_dir")
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -210,7 +213,7 @@ class RecipeConfig:
     caption_len: int = 77  # tokens per caption (for FLOPs before the data is read)
     max_dollars: float | None = None  # stop the whole run once it has cost this much
     max_images: int | None = None  # stop the whole run after this many images (sweep trial budgets)
-    debug: dict[str, Any] = field(default_factory=dict)  # fail_at_step, nan_at_step (tests)
+    debug: dict[str, Any] = field(default_factory=dict)  # DEBUG_KEYS (tests)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
@@ -219,8 +222,8 @@ class RecipeConfig:
         _check(self.max_dollars is None or self.max_dollars > 0, "max_dollars", self.max_dollars, "must be > 0 or null")
         _check(self.max_images is None or self.max_images > 0, "max_images", self.max_images, "must be > 0 or null")
         _check(self.vae_factor in (1, 2, 4, 8, 16), "vae_factor", self.vae_factor, "allowed: 1, 2, 4, 8, 16")
-        unknown = sorted(set(self.debug) - {"fail_at_step", "nan_at_step"})
-        _check(not unknown, "debug", unknown, "allowed keys: fail_at_step, nan_at_step")
+        unknown = sorted(set(self.debug) - set(DEBUG_KEYS))
+        _check(not unknown, "debug", unknown, f"allowed keys: {', '.join(DEBUG_KEYS)}")
         workers = max(self.resources.num_workers, 1)
         for i, phase in enumerate(self.phases):
             micro = phase.per_worker_micro_batch(workers)

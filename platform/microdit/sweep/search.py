@@ -12,6 +12,7 @@ their per-trial budget) would pass the sweep budget; Tune then ends the sweep.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,14 @@ class ListSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         pass
 
-    def get_state(self) -> dict:
-        return {"next_index": self.next_index, "assigned": self.assigned}
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"next_index": self.next_index, "assigned": self.assigned}, f)
 
-    def set_state(self, state: dict) -> None:
-        self.next_index = state["next_index"]
-        self.assigned = state["assigned"]
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.next_index, self.assigned = state["next_index"], state["assigned"]
 
 
 class BudgetGuard(Searcher):
@@ -105,20 +108,20 @@ class BudgetGuard(Searcher):
         self.spent += float((result or {}).get("cost_usd", self.trial_dollars if error else 0.0))
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
+    # Tune saves wrapper state via get_state/set_state and the wrapped searcher via save/restore.
+    def get_state(self) -> dict:
+        return {"spent": self.spent, "running": set(self.running), "refused": self.refused,
+                "budget": self.budget, "trial_dollars": self.trial_dollars}
 
-        self.searcher.save(checkpoint_path + ".inner")
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"spent": self.spent, "running": self.running, "refused": self.refused}, f)
+    def set_state(self, state: dict) -> None:
+        self.spent, self.running, self.refused = state["spent"], set(state["running"]), state["refused"]
+        self.budget, self.trial_dollars = state["budget"], state["trial_dollars"]
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        self.searcher.restore(checkpoint_path + ".inner")
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.spent, self.running, self.refused = state["spent"], set(state["running"]), state["refused"]
+        self.searcher.restore(checkpoint_path)
 
 
 def build_searcher(spec: SweepSpec, sweep_dir: Path, trial_dollars: float) -> BudgetGuard:

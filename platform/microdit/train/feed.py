@@ -8,9 +8,10 @@ from microdit.config.recipe import PhaseConfig, RecipeConfig
 
 
 def open_stream(recipe: RecipeConfig, phase: PhaseConfig, rank: int, world: int, micro_batch: int,
-                position: Any | None):
-    """This worker's exact-mix stream at the phase's resolution, resumed at ``position``."""
+                position: Any | None, with_ids: bool = False):
+    """This worker's exact-mix stream at the phase's resolution, resumed at ``position``.
+    ``with_ids`` adds each batch's row ids (``debug.record_ids_dir``)."""
     from microdit.data.stream import MixedStream
 
     return MixedStream(recipe.data, resolution=phase.resolution, batch_size=micro_batch, rank=rank,
-                       world_size=world, state=position)
+                       world_size=world, state=position, with_ids=with_ids)

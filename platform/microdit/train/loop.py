@@ -11,6 +11,7 @@ resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -152,11 +153,12 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
     kept = model_config.kept_tokens(latent, phase.mask_ratio)
     flops_per_image = train_flops_per_image(model_config, latent, phase.mask_ratio, config["caption_len"])
     position = progress.data_positions[rank] if rank < len(progress.data_positions) else None
-    stream = open_stream(recipe, phase, rank, world, micro, position)
+    debug = recipe.debug
+    record_ids = debug.get("record_ids_dir")
+    stream = open_stream(recipe, phase, rank, world, micro, position, with_ids=bool(record_ids))
     batches = iter(stream)
     ema_decay = phase.ema_decay_per_step()
     window: dict[str, float] = {}
-    debug = recipe.debug
 
     while True:
         if total_steps is not None and progress.phase_step >= total_steps:
@@ -178,6 +180,8 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
         router: dict[str, float] = {}
         for m in range(accumulation):
             batch = next(batches)
+            if record_ids:
+                _record_ids(record_ids, rank, progress, m, batch["id"])
             x0 = batch["latent"].to(device, non_blocking=True)
             y = batch["text_emb"].to(device, non_blocking=True)
             generator = step_generator(recipe.seed, rank, progress.global_step, m, device)
@@ -251,6 +255,16 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
         progress.finished = True
         return "run budget reached (max_dollars / max_images)"
     return None
+
+
+def _record_ids(directory: str, rank: int, progress: Progress, micro: int, ids: list[str]) -> None:
+    """``debug.record_ids_dir``: append one JSON line per micro-batch to ``ids_rank<rank>.jsonl``.
+    A retried attempt appends again, so replayed steps appear twice (the last line per step wins)."""
+    path = Path(directory) / f"ids_rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"phase": progress.phase, "step": progress.global_step, "micro": micro, "ids": list(ids)}
+    with path.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
 def run_over_budget(recipe: RecipeConfig, cost: CostMeter, progress: Progress) -> bool:
