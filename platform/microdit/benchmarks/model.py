@@ -38,9 +38,9 @@ from microdit.model import MicroDiT  # noqa: E402
 from microdit.model.flops import forward_flops, train_flops_per_image  # noqa: E402
 from microdit.model.sizes import model_config, parameter_counts  # noqa: E402
 
-# Micro_2 is the largest registry size whose whole benchmark (3 ratios + dense twin, warm-up
-# and reps) fits in ~3 minutes on a 2-core CPU: ~16 GFLOP per training image at r = 0 (0.3-0.5 s
-# per sample); Small_2 costs ~4x more per sample (~1.5-2 s), which would take ~10 minutes.
+# Micro_2 is the largest registry size whose whole benchmark (3 ratios + dense twin, warm-up and
+# reps: 35 steps of 8 samples) fits in ~3 minutes on a 2-core CPU: 16.4 GFLOP per training image
+# at r = 0 (~0.3 s per sample at 55-80 GFLOP/s); Small_2 needs 49.1 GFLOP (3x), ~6-8 minutes.
 DEFAULT_SIZE = "MicroDiT_Micro_2"
 RATIOS = (0.0, 0.5, 0.75)
 

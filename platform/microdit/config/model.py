@@ -154,8 +154,9 @@ class ModelConfig:
         )
 
     def attn_width(self, width: int, ratio: float) -> int:
-        """Fused qkv width per projection: round_up(int(d * ratio), 2 * head_dim), exactly d at 1.0."""
-        return round_up(int(width * ratio), 2 * self.head_dim)
+        """Fused qkv width per projection: exactly d at ratio 1 (official), else
+        round_up(int(d * ratio), 2 * head_dim)."""
+        return width if ratio == 1 else round_up(int(width * ratio), 2 * self.head_dim)
 
     def swiglu_hidden(self, width: int, ratio: float) -> int:
         return round_up(int(2 / 3 * int(width * ratio)), self.multiple_of)

@@ -182,6 +182,27 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-training evaluation: a small FID (and a sample grid) at phase ends and every N images."""
+
+    reference: str = "demo_real_heldout"  # a prepared set (its held-out real images and captions)
+    num_samples: int = 128  # the metric is named after it: fid_128, fid_1k...
+    steps: int = 18
+    guidance: float = 3.0
+    every_images: int | None = None  # also evaluate every N images seen (None: phase ends only)
+    at_phase_end: bool = True
+    clip_model: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.num_samples, int) and self.num_samples >= 2, "evaluation.num_samples",
+               self.num_samples, "must be an integer >= 2")
+        _check(isinstance(self.steps, int) and self.steps >= 1, "evaluation.steps", self.steps, "must be >= 1")
+        _check(self.guidance >= 1.0, "evaluation.guidance", self.guidance, "must be >= 1 (1 = no guidance)")
+        _check(self.every_images is None or self.every_images > 0, "evaluation.every_images", self.every_images,
+               "must be > 0 or null")
+
+
+@dataclass
 class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -208,6 +229,7 @@ class RecipeConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvalConfig | None = None  # None: no in-training FID (sample grids still at phase ends)
     seed: int = 0
     vae_factor: int = 8  # pixels per latent: 8 for SD VAEs, 1 for the `pixels` demo encoder
     caption_len: int = 77  # tokens per caption (for FLOPs before the data is read)
@@ -278,6 +300,7 @@ class RecipeConfig:
             resources=_build(ResourcesConfig, "resources", data.get("resources") or {}),
             optimizer=_build(OptimizerConfig, "optimizer", data.get("optimizer") or {}),
             tracking=_build(TrackingConfig, "tracking", data.get("tracking") or {}),
+            evaluation=_build(EvalConfig, "evaluation", data["evaluation"]) if data.get("evaluation") else None,
             seed=data.get("seed", 0),
             vae_factor=data.get("vae_factor", 8),
             caption_len=data.get("caption_len", 77),

@@ -47,7 +47,7 @@ def _block(
     moe_position: bool,
 ) -> float:
     """One DiTBlock over ``tokens`` image tokens of width ``width``."""
-    qkv = width if qkv_ratio == 1 else cfg.attn_width(width, qkv_ratio)  # exactly d at ratio 1
+    qkv = cfg.attn_width(width, qkv_ratio)  # exactly d at ratio 1
     flops = _mm(1, cfg.width, 6 * width)  # adaLN from c
     flops += (
         _mm(tokens, width, 3 * qkv) + 2 * 2.0 * tokens * tokens * qkv + _mm(tokens, qkv, width)

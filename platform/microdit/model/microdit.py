@@ -84,8 +84,7 @@ class MicroDiT(nn.Module):
             width,
             cfg.width,
             cfg.head_dim,
-            # ratio 1 means exactly d (official rule), even when d is not a multiple of 2*head_dim
-            width if qkv_ratio == 1 else cfg.attn_width(width, qkv_ratio),
+            cfg.attn_width(width, qkv_ratio),
             ffn,
             eps=cfg.norm_eps,
             bias=cfg.use_bias,

@@ -28,6 +28,7 @@ from microdit.model.flops import train_flops_per_image
 from microdit.tracking import AsyncLogger
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
+from microdit.train.evaluation import evaluate_and_log
 from microdit.train.parallel import (
     all_gather_objects,
     all_reduce_mean,
@@ -239,6 +240,13 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
             window = {}
             if progress.global_step % recipe.tracking.checkpoint_every_steps != 0 and not phase_done:
                 ray.train.report(metrics)
+        every = recipe.evaluation.every_images if recipe.evaluation else None
+        crossed = every is not None and progress.images_seen // every != (progress.images_seen - images) // every
+        at_end = phase_done and (recipe.evaluation is None or recipe.evaluation.at_phase_end)
+        if rank == 0 and (crossed or at_end):
+            weights = ema.shadow if ema is not None and ema.updates else model.state_dict()
+            evaluate_and_log(recipe, model_config, weights, device, logger, progress.global_step,
+                             f"phase{progress.phase}" if phase_done else "interval")
         if progress.global_step % recipe.tracking.checkpoint_every_steps == 0 or phase_done:
             if phase_done:
                 _end_phase(progress, recipe)

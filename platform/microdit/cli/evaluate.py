@@ -1,0 +1,87 @@
+"""``microdit evaluate --checkpoint PATH_OR_RUN --reference SET --num-samples N [--guidance 5 --steps 30]``.
+
+PATH_OR_RUN is a ``final_weights.pt``, a training checkpoint directory, or an MLflow run id /
+run name of a training run (its Ray run folder's final weights). Metrics (``fid_<N>``,
+``clip_score`` when a CLIP model is given) and a sample grid go to that run's MLflow record,
+or to a new ``evaluate`` run when a path was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="FID / CLIP score of trained weights against a reference set")
+    parser.add_argument("--checkpoint", required=True, help="final_weights.pt, a checkpoint dir, or an MLflow run")
+    parser.add_argument("--reference", default="demo_real_heldout", help="prepared reference set (path or name)")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-model", default=None, help="CLIPModel hub id or local path (CLIP score)")
+    parser.add_argument("--num-actors", type=int, default=0, help="Inception actors on Ray (0 = in-process)")
+    parser.add_argument("--mlflow-uri", default=None)
+    parser.add_argument("--experiment", default="microdit-eval")
+    parser.set_defaults(func=run)
+
+
+def resolve_checkpoint(ref: str, uri: str) -> tuple[Path, str | None]:
+    """(weights path, MLflow run id of the training run or None)."""
+    from microdit.errors import ConfigError
+    from microdit.tracking import client
+
+    path = Path(ref)
+    if path.exists():
+        return path, None
+    mlflow_client = client(uri)
+    try:
+        run = mlflow_client.get_run(ref)
+    except Exception:
+        from microdit.tracking import RUN_NAME_TAG
+
+        runs = mlflow_client.search_runs(
+            [e.experiment_id for e in mlflow_client.search_experiments()],
+            filter_string=f"tags.`{RUN_NAME_TAG}` = '{ref}'", max_results=1)
+        if not runs:
+            raise ConfigError(f"--checkpoint {ref!r}: not a file, not an MLflow run id or run name at {uri}") from None
+        run = runs[0]
+    folder = run.data.tags.get("microdit.ray_run_path")
+    if not folder or not (Path(folder) / "final" / "final_weights.pt").exists():
+        raise ConfigError(f"--checkpoint {ref!r}: MLflow run {run.info.run_id} has no final weights "
+                          f"(tag microdit.ray_run_path={folder!r}); did the run finish?")
+    return Path(folder) / "final" / "final_weights.pt", run.info.run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
+    from microdit.tracking import client, finish_run, get_or_create_run, tracking_uri
+    from microdit.train.trainer import connect_ray
+
+    uri = tracking_uri(args.mlflow_uri)
+    weights, run_id = resolve_checkpoint(args.checkpoint, uri)
+    if args.num_actors:
+        connect_ray()
+    config = EvaluationConfig(reference=args.reference, num_samples=args.num_samples, steps=args.steps,
+                              guidance=args.guidance, seed=args.seed, clip_model=args.clip_model,
+                              num_actors=args.num_actors)
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = Path(tmp) / "evaluation_samples.png"
+        metrics = evaluate_weights(weights, config, grid_path=grid)
+        created = run_id is None
+        if created:
+            run_id, _ = get_or_create_run(uri, args.experiment, f"eval-{weights.parent.parent.name}-{args.num_samples}",
+                                          "evaluate", tags={"microdit.weights": str(weights)})
+        mlflow_client = client(uri)
+        for key, value in metrics.items():
+            mlflow_client.log_metric(run_id, key, float(value))
+        if "clip_score" not in metrics:
+            mlflow_client.set_tag(run_id, "microdit.clip_score", "unavailable (no --clip-model)")
+        mlflow_client.log_artifact(run_id, str(grid), "evaluation")
+        if created:
+            finish_run(uri, run_id)
+    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"  (MLflow run {run_id})")
+    return 0
