@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # OpenMP threads that spin while waiting fight Ray's processes on 2 cores (2-7x slower tests).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 

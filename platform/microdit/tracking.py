@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -64,6 +65,11 @@ def get_or_create_run(uri: str, experiment: str, run_name: str, kind: str,
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client(uri).create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
     return run.info.run_id, True
+
+
+def metric_key(path: str) -> str:
+    """A dotted recipe path as an MLflow name: 'phases[0].mask_ratio' -> 'phases.0.mask_ratio'."""
+    return re.sub(r"\[(\d+)\]", r".\1", path)
 
 
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ written in the shard format, then:
 
 Reported: time to first batch, steady-state rows/s and MB/s (stored fp16 bytes), the ratio
 stream / baseline (target >= 0.70), and what 8 H100s at the paper's ~380 images/s each need.
+The two run alternately ``--repeats`` times and the best of each is compared (the median too):
+on a shared small box, background load otherwise decides the ratio.
 Run: ``python jobs/benchmark.py data`` or ``python -m microdit.benchmarks.data``.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from itertools import islice
@@ -139,6 +142,7 @@ def run(
     shuffle_buffer: int,
     directory: Path,
     dtype: torch.dtype = torch.float32,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     import ray
 
@@ -148,7 +152,6 @@ def run(
     synthetic = write_set(directory / "bench_synthetic", "synthetic", rows, 256, seed=1)
     files = sorted(real.glob("shard-*.parquet")) + sorted(synthetic.glob("shard-*.parquet"))
     warmup = max(2, shuffle_buffer // batch_size)
-    baseline = measure(lambda: pyarrow_batches(files, batch_size, dtype), batch_size, warmup, steady_rows)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     config = DataMixConfig(
@@ -158,11 +161,18 @@ def run(
         shuffle_buffer=shuffle_buffer,
         seed=0,
     )
-    stream = MixedStream(config, resolution=256, batch_size=batch_size, dtype=dtype)
-    try:
-        mixed = measure(lambda: iter(stream), batch_size, warmup, steady_rows)
-    finally:
-        stream.close()
+    runs: dict[str, list[dict[str, float]]] = {"pyarrow": [], "ray_stream": []}
+    for _ in range(repeats):  # alternate, so both see the same background load
+        runs["pyarrow"].append(
+            measure(lambda: pyarrow_batches(files, batch_size, dtype), batch_size, warmup, steady_rows)
+        )
+        stream = MixedStream(config, resolution=256, batch_size=batch_size, dtype=dtype)
+        try:
+            runs["ray_stream"].append(measure(lambda s=stream: iter(s), batch_size, warmup, steady_rows))
+        finally:
+            stream.close()
+    baseline, mixed = (max(runs[k], key=lambda r: r["rows_per_s"]) for k in ("pyarrow", "ray_stream"))
+    medians = {k: float(np.median([r["rows_per_s"] for r in v])) for k, v in runs.items()}
     need = 8 * H100_IMAGES_PER_S
     return {
         "row_kb": ROW_BYTES / 1e3,
@@ -172,7 +182,11 @@ def run(
         "dtype": str(dtype).removeprefix("torch."),
         "pyarrow": baseline,
         "ray_stream": mixed,
-        "ratio": mixed["rows_per_s"] / baseline["rows_per_s"],
+        "ratio": mixed["rows_per_s"] / baseline["rows_per_s"],  # best vs best
+        "median_rows_per_s": medians,
+        "median_ratio": medians["ray_stream"] / medians["pyarrow"],
+        "runs": runs,
+        "load_average_1min": os.getloadavg()[0],
         "needed_rows_per_s_8xH100": need,
         "needed_mb_per_s_8xH100": need * ROW_BYTES / 1e6,
         "cpus": ray.cluster_resources().get("CPU"),
@@ -189,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write the shards (default: a temp dir)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating runs of each; best and median shown"
+    )
     parser.add_argument("--fp16", action="store_true", help="yield fp16 batches (no cast; both readers)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = parser.parse_args(argv)
@@ -202,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             args.shuffle_buffer,
             args.dir or Path(tmp),
             dtype,
+            args.repeats,
         )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -211,13 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         f"rows of {result['row_kb']:.0f} KB, batch {args.batch_size}, f={args.fraction}, "
         f"shuffle_buffer {args.shuffle_buffer}, {result['dtype']} batches, {result['cpus']:.0f} CPUs"
     )
-    for name, r in (("pyarrow -> torch (1 process)", base), ("MixedStream (Ray Data)", mixed)):
+    for name, r in (("pyarrow -> torch (1 process)", base), ("MixedStream (Ray Data)", mixed)):  # best runs
         print(
             f"  {name:30s} first batch {r['first_batch_s']:6.2f} s   steady {r['rows_per_s']:8.0f} rows/s "
             f"{r['mb_per_s']:8.0f} MB/s"
         )
     verdict = "meets" if result["ratio"] >= 0.7 else "misses"
-    print(f"  ratio stream / pyarrow: {result['ratio']:.0%} ({verdict} the 70% target)")
+    print(
+        f"  ratio stream / pyarrow (best of {args.repeats}): {result['ratio']:.0%} ({verdict} the 70% target); "
+        f"median {result['median_ratio']:.0%}; 1-min load average {result['load_average_1min']:.1f}"
+    )
     need = result["needed_rows_per_s_8xH100"]
     print(
         f"  8 x H100 at {H100_IMAGES_PER_S} images/s each consume {need} rows/s "

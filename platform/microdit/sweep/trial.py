@@ -39,7 +39,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
-    from microdit.tracking import client, finish_run, log_params
+    from microdit.tracking import client, finish_run, log_params, metric_key
     from microdit.train.trainer import run_training
 
     spec = load_sweep(config["spec_dict"])
@@ -54,7 +54,7 @@ def run_trial(config: dict[str, Any]) -> None:
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],
                            mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name})
     uri = config["mlflow_uri"]
-    log_params(uri, summary.mlflow_run_id, {f"sweep.{k}": _label(v) for k, v in values.items()})
+    log_params(uri, summary.mlflow_run_id, {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()})
     metrics: dict[str, float] = {"cost_usd": summary.cost_usd, "gpu_hours": summary.gpu_hours,
                                  "images_seen": float(summary.images_seen), "train_seconds": summary.wall_seconds}
     if summary.weights:

@@ -52,6 +52,8 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
+    # Small or busy machines start a 2-worker group in more than Ray's default 60 s.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
