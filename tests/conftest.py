@@ -29,3 +29,15 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(ray_local, tmp_path_factory):
+    """``ensure_demo_sets(size="tiny")``: 48 real + 16 held-out + 48 synthetic rows at 32 px, 8 per shard.
+
+    Built once per test session on the shared cluster; refer to the sets by these absolute paths
+    (Ray workers do not see a MICRODIT_DATA_ROOT set after the cluster started).
+    """
+    from microdit.data.demo import ensure_demo_sets
+
+    return ensure_demo_sets(tmp_path_factory.mktemp("demo"), resolution=32, size="tiny")

@@ -8,6 +8,7 @@ ASHA can stop a trial on an intermediate metric), and the trial reports its fina
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray import tune
@@ -42,6 +43,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from microdit.tracking import client, finish_run, log_params, metric_key
     from microdit.train.trainer import run_training
 
+    trial_started = time.time()
     spec = load_sweep(config["spec_dict"])
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -57,7 +59,10 @@ def run_trial(config: dict[str, Any]) -> None:
     log_params(uri, summary.mlflow_run_id, {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()})
     metrics: dict[str, float] = {"cost_usd": summary.cost_usd, "gpu_hours": summary.gpu_hours,
                                  "images_seen": float(summary.images_seen), "train_seconds": summary.wall_seconds}
-    if summary.weights:
+    if summary.first_step_wall:  # Tune + TorchTrainer start-up until the first optimizer step
+        metrics["startup_seconds"] = summary.first_step_wall - trial_started
+    needs_eval = bool(spec.evaluation) or any(o.metric.startswith(("fid", "clip")) for o in spec.objectives)
+    if summary.weights and needs_eval:
         evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation})
         results = evaluate_weights(summary.weights, evaluation)
         # Evaluation time is billed like training: the trial holds its devices meanwhile.

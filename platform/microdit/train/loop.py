@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     denoiser = EDMDenoiser(train_model)
     logger = AsyncLogger(config["mlflow_uri"], config["mlflow_run_id"]) if rank == 0 and config.get("mlflow_run_id") else None
     stop_reason = None
+    first_step_wall: list[float] = []  # wall clock (time.time) when this process finished its first step
+    config["_first_step_wall"] = first_step_wall
     try:
         cost.start()
         while not progress.finished and progress.phase < len(recipe.phases):
@@ -130,7 +133,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     finally:
         errors = logger.close() if logger else []
 
-    result = {"global_step": progress.global_step, "images_seen": progress.images_seen,
+    result = {"first_step_wall": first_step_wall[0] if first_step_wall else None,
+              "global_step": progress.global_step, "images_seen": progress.images_seen,
               "cost_usd": cost.dollars, "gpu_hours": cost.device_hours, "phase": progress.phase,
               "finished": progress.finished, "stop_reason": stop_reason, "logging_errors": errors}
     if rank == 0 and progress.finished:
@@ -209,6 +213,8 @@ def _run_phase(recipe, phase, config, rank, world, device, model, train_model, d
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+        if not config["_first_step_wall"]:
+            config["_first_step_wall"].append(time.time())
         images = phase.batch_size
         before = cost.dollars
         cost.step(images, kept * images, flops_per_image * images)

@@ -44,6 +44,7 @@ class TrainSummary:
     gpu_hours: float
     weights: str | None
     wall_seconds: float
+    first_step_wall: float | None = None  # time.time() when rank 0 finished its first step (this attempt)
 
 
 def connect_ray() -> None:
@@ -178,4 +179,5 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     return TrainSummary(run_name=name, mlflow_run_id=run_id, storage=str(Path(storage) / name),
                         global_step=int(outcome.get("global_step", 0)), images_seen=int(outcome.get("images_seen", 0)),
                         cost_usd=float(outcome.get("cost_usd", 0.0)), gpu_hours=float(outcome.get("gpu_hours", 0.0)),
-                        weights=outcome.get("weights"), wall_seconds=time.perf_counter() - started)
+                        weights=outcome.get("weights"), wall_seconds=time.perf_counter() - started,
+                        first_step_wall=outcome.get("first_step_wall"))

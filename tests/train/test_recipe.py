@@ -1,0 +1,139 @@
+"""Recipe loading, validation (every error names its field), dotted overrides, cost prediction."""
+
+from __future__ import annotations
+
+import pytest
+
+from microdit.config.recipe import PRICE_PER_HOUR, load_recipe, load_recipe_dict
+from microdit.errors import ConfigError
+
+PAPER_DOLLARS = 1890.0
+PAPER_IMAGES_PER_S = 380.0 * 8  # SPEC §4: ~380 images/s per H100 on average, 8 x H100
+
+
+def test_shipped_recipes_load():
+    demo, paper = load_recipe("demo"), load_recipe("paper")
+    assert [p.name for p in demo.phases] == ["masked", "unmasked"]
+    assert demo.resources.num_workers == 2 and demo.resources.accelerator == "CPU"
+    assert len(paper.phases) == 4 and all(p.batch_size == 2048 for p in paper.phases)
+    assert [p.steps for p in paper.phases] == [250_000, 30_000, 50_000, 5_000]
+    assert paper.resources.hourly_price == PRICE_PER_HOUR["H100"] == 3.79
+    # SPEC §4's EMA decays per step at batch 2048, given in the recipe as half-lives in images
+    assert paper.phases[2].ema_decay_per_step() == pytest.approx(0.99975, abs=1e-7)
+    assert paper.phases[3].ema_decay_per_step() == pytest.approx(0.9975, abs=1e-6)
+    assert paper.phases[0].accumulation(8) == 2  # 2048 = 128 x 8 workers x 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "hint"),
+    [
+        ({"nme": "x"}, "recipe", "unknown field(s) ['nme']"),
+        ({"phases[0].lrr": 0.1}, "phases[0]", "unknown field(s) ['lrr']"),
+        ({"resources.gpus": 1}, "resources", "unknown field(s) ['gpus']"),
+        ({"phases[0].images": 1000}, "phases[0].steps/images/dollars", "exactly one phase length"),
+        ({"phases[1].steps": None}, "phases[1].steps/images/dollars", "exactly one phase length"),
+        ({"phases[0].steps": 0}, "phases[0].steps", "must be > 0"),
+        ({"phases[0].batch_size": 33}, "phases[0].batch_size", "multiple of micro_batch x num_workers"),
+        ({"phases[1].micro_batch": 5}, "phases[1].batch_size", "5 x 2"),
+        ({"phases[0].masking": "none"}, "phases[0].mask_ratio", "masking strategy is 'none'"),
+        ({"phases[0].masking": "sometimes"}, "phases[0].masking", "allowed: none, naive, deferred"),
+        ({"model.mixer_depth": 0}, "masking", "patch-mixer"),  # Nano_4 defaults to deferred masking
+        ({"phases[0].mask_ratio": 1.0}, "phases[0].mask_ratio", "[0, 1)"),
+        ({"phases[0].lr_schedule": "linear"}, "phases[0].lr_schedule", "allowed: constant, cosine"),
+        ({"phases[1].resolution": 30}, "phases[1].resolution", "vae_factor x patch_size = 4"),
+        ({"resources.accelerator": "TPU"}, "resources.accelerator", "known: H100"),
+        ({"resources.use_gpu": True}, "resources.accelerator", "needs a GPU accelerator"),
+        ({"resources.strategy": "zero3"}, "resources.strategy", "allowed: ddp, fsdp"),
+        ({"resources.num_workers": -1}, "resources.num_workers", "integer >= 0"),
+        ({"tracking.log_every_steps": 0}, "tracking.log_every_steps", "integer >= 1"),
+        ({"debug": {"crash": 1}}, "debug", "allowed keys: fail_at_step"),
+        ({"name": "my run"}, "name", "letters, digits"),
+        ({"data.synthetic_fraction": 1.5}, "synthetic_fraction", "[0, 1]"),
+        ({"model.size": "MicroDiT_Huge_1"}, "MicroDiT_Huge_1", ""),
+        ({"optimizer.betas": [0.9]}, "optimizer.betas", "two numbers"),
+        ({"max_dollars": -1}, "max_dollars", "> 0"),
+    ],
+)
+def test_malformed_recipe_names_the_field(overrides, field, hint):
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", overrides)
+    message = str(info.value)
+    assert field in message and hint in message, message
+
+
+def test_bad_override_paths_are_config_errors():
+    with pytest.raises(ConfigError, match=r"index \[5\] out of range"):
+        load_recipe("demo", ["phases[5].lr=0.1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_recipe("demo", ["phases[0].lr"])
+    with pytest.raises(ConfigError, match="bad key path"):
+        load_recipe("demo", ["phases[0]]lr=1"])
+    with pytest.raises(ConfigError, match="no such file, and not a shipped recipe"):
+        load_recipe("no-such-recipe")
+
+
+def test_dotted_overrides_parse_as_yaml_and_leave_the_file_alone():
+    recipe = load_recipe(
+        "demo",
+        [
+            "phases[0].mask_ratio=0.25",
+            "phases[1].ema_half_life_images=null",
+            "resources.num_workers=4",
+            "tracking.mlflow_uri=sqlite:///runs.db",
+            "model.mixer_depth=1",
+            "data.synthetic_fraction=0.5",
+            "debug.fail_at_step=3",
+        ],
+    )
+    assert recipe.phases[0].mask_ratio == 0.25 and isinstance(recipe.phases[0].mask_ratio, float)
+    assert recipe.phases[1].ema_half_life_images is None
+    assert recipe.resources.num_workers == 4 and recipe.phases[0].accumulation(4) == 1
+    assert recipe.tracking.mlflow_uri == "sqlite:///runs.db"
+    assert recipe.model_config().mixer_depth == 1
+    assert recipe.data.synthetic_fraction == 0.5
+    assert recipe.debug == {"fail_at_step": 3}
+    assert load_recipe_dict("demo")["phases"][0]["mask_ratio"] == 0.5  # the shipped file is untouched
+    via_dict = load_recipe("demo", {"phases[0].mask_ratio": 0.25})
+    assert via_dict.phases[0].mask_ratio == 0.25
+
+
+def test_recipe_round_trips_through_its_dict():
+    recipe = load_recipe("paper")
+    again = load_recipe(recipe.to_dict())
+    assert again.to_dict() == recipe.to_dict()
+
+
+def test_paper_recipe_prediction_lands_near_the_paper_cost():
+    from microdit.train.predict import predict
+
+    recipe = load_recipe("paper")
+    rows = predict(recipe, recipe.model_config(), recipe.caption_len, images_per_s=PAPER_IMAGES_PER_S)
+    dollars = sum(r.dollars for r in rows)
+    device_hours = sum(r.device_hours for r in rows)
+    assert PAPER_DOLLARS / 2 <= dollars <= PAPER_DOLLARS * 2, dollars
+    assert 499 / 2 <= device_hours <= 499 * 2, device_hours
+    assert sum(r.images for r in rows) == 2048 * (250_000 + 30_000 + 50_000 + 5_000)
+    # Masking 75% of the 256 px tokens makes phase 1 the cheapest per image by far.
+    assert rows[0].kept_tokens == 64 and rows[1].kept_tokens == 256
+    assert rows[0].train_gflops_per_image < rows[1].train_gflops_per_image < rows[3].train_gflops_per_image
+
+
+def test_prediction_needs_a_throughput_on_cpu():
+    from microdit.train.predict import predict
+
+    recipe = load_recipe("demo")
+    with pytest.raises(ConfigError, match="images-per-s"):
+        predict(recipe, recipe.model_config(), recipe.caption_len, assume_mfu=0.5)
+    dollars = sum(r.dollars for r in predict(recipe, recipe.model_config(), 32, images_per_s=32.0))
+    # 160 steps x 32 images at 32 images/s = 160 s on 2 CPU workers at $0.05/h each
+    assert dollars == pytest.approx(160 * 2 * 0.05 / 3600)
+
+
+def test_dry_run_cli_prints_the_prediction(capsys):
+    from microdit.cli.main import main
+
+    assert main(["train", "paper", "--dry-run", "--images-per-s", str(PAPER_IMAGES_PER_S)]) == 0
+    out = capsys.readouterr().out
+    assert "p1-256-masked" in out and "total" in out and "8 x H100 at $3.79/h" in out
+    assert main(["train", "demo", "--set", "phases[0].batch_size=33"]) == 2
+    assert "phases[0].batch_size=33" in capsys.readouterr().err
