@@ -36,7 +36,9 @@ def test_warmup_is_linear_then_cosine_reaches_the_floor_at_the_end():
 
 def test_constant_schedule_and_phases_without_a_step_count():
     constant = _phase(lr_schedule="constant", warmup_steps=4)
-    assert [learning_rate(constant, s, 100) for s in range(6)] == pytest.approx([LR / 4, LR / 2, 3 * LR / 4, LR, LR, LR])
+    assert [learning_rate(constant, s, 100) for s in range(6)] == pytest.approx(
+        [LR / 4, LR / 2, 3 * LR / 4, LR, LR, LR]
+    )
     assert learning_rate(constant, 99, 100) == LR
     dollars = PhaseConfig(dollars=5.0, lr=LR, lr_schedule="cosine")  # no length in steps: stays at lr
     assert phase_total_steps(dollars) is None and learning_rate(dollars, 1000, None) == LR

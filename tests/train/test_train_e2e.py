@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-
 from train_testing import BATCH, STEPS, mlflow_client, mlflow_runs, read_ids, tiny_recipe
 
 
@@ -58,7 +57,9 @@ def test_each_rank_reads_its_own_rows_once(baseline):
 def test_nan_loss_stops_with_step_and_phase(train_demo, tmp_path):
     from microdit.train.trainer import TrainingStopped, run_training
 
-    recipe = tiny_recipe(train_demo, tmp_path, "nan", {"debug": {"nan_at_step": 3}, "tracking.max_failures": 2})
+    recipe = tiny_recipe(
+        train_demo, tmp_path, "nan", {"debug": {"nan_at_step": 3}, "tracking.max_failures": 2}
+    )
     started = time.perf_counter()
     with pytest.raises(TrainingStopped) as info:
         run_training(recipe)

@@ -8,7 +8,6 @@ consumed exactly the same rows at every step (no duplicate, no gap across the re
 from __future__ import annotations
 
 import pytest
-
 from train_testing import BATCH, STEPS, mlflow_runs, read_id_lines, read_ids, tiny_recipe
 
 FAIL_AT = 3  # checkpoints every 2 steps: the failed attempt dies after step 2's checkpoint + 1 step
@@ -49,9 +48,12 @@ def test_worker_failure_resumes_exactly(train_demo, baseline, tmp_path):
     from microdit.train.trainer import run_training
 
     ids_dir = tmp_path / "ids"
-    recipe = tiny_recipe(train_demo, tmp_path, "baseline",  # same name: same seeds everywhere
-                         {"debug": {"fail_at_step": FAIL_AT, "record_ids_dir": str(ids_dir)},
-                          "tracking.max_failures": 1})
+    recipe = tiny_recipe(
+        train_demo,
+        tmp_path,
+        "baseline",  # same name: same seeds everywhere
+        {"debug": {"fail_at_step": FAIL_AT, "record_ids_dir": str(ids_dir)}, "tracking.max_failures": 1},
+    )
     summary = run_training(recipe)
 
     assert (tmp_path / "runs" / "baseline" / "final" / f"failed_once_at_{FAIL_AT}").exists()
@@ -64,13 +66,17 @@ def test_worker_failure_resumes_exactly(train_demo, baseline, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_id == summary.mlflow_run_id
 
 
+@pytest.mark.slow  # two more 2-worker runs (~65 s on a loaded 2-core box); the default set stays < 3 min
 def test_relaunched_driver_resumes_the_same_run(train_demo, baseline, tmp_path):
     from microdit.train.trainer import run_training
 
     ids_dir = tmp_path / "ids"
-    failing = tiny_recipe(train_demo, tmp_path, "baseline",
-                          {"debug": {"fail_at_step": FAIL_AT + 2, "record_ids_dir": str(ids_dir)},
-                           "tracking.max_failures": 0})
+    failing = tiny_recipe(
+        train_demo,
+        tmp_path,
+        "baseline",
+        {"debug": {"fail_at_step": FAIL_AT + 2, "record_ids_dir": str(ids_dir)}, "tracking.max_failures": 0},
+    )
     with pytest.raises(Exception, match="injected failure at step 5"):
         run_training(failing)
     (first,) = mlflow_runs(failing.tracking.mlflow_uri, failing.tracking.experiment, "baseline")

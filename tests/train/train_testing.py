@@ -50,6 +50,7 @@ def tiny_recipe(demo: dict[str, Path], root: Path, name: str, overrides: dict[st
         "tracking.checkpoint_every_steps": 2,
         "tracking.keep_checkpoints": 2,
         "tracking.max_failures": 0,
+        "tracking.sample_steps": 4,  # the phase-end sample grid: cheap, still exercised
     }
     return load_recipe("demo", {**base, **(overrides or {})})
 

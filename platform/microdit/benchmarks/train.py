@@ -66,7 +66,10 @@ def tiny_loop(config: dict[str, Any]) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(config["seed"])
     b = config["batch"]
     pool = [
-        (torch.randn(b, 3, 32, 32, generator=gen), torch.randn(b, 32, 384, generator=gen))  # (B,C,H,W), (B,L,Dy)
+        (
+            torch.randn(b, 3, 32, 32, generator=gen),
+            torch.randn(b, 32, 384, generator=gen),
+        )  # (B,C,H,W), (B,L,Dy)
         for _ in range(4)
     ]
     startup = time.perf_counter() - started
@@ -76,8 +79,9 @@ def tiny_loop(config: dict[str, Any]) -> dict[str, Any]:
         tick = time.perf_counter()
         x0, y = pool[step % len(pool)]
         step_gen = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
-        loss = edm_loss(denoiser, x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=config["mask_ratio"],
-                        generator=step_gen).loss
+        loss = edm_loss(
+            denoiser, x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=config["mask_ratio"], generator=step_gen
+        ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -88,8 +92,12 @@ def tiny_loop(config: dict[str, Any]) -> dict[str, Any]:
             if in_ray:
                 ray.train.report(metrics)
         step_seconds.append(time.perf_counter() - tick)
-    return {"startup_s": startup, "step_seconds": step_seconds, "loss": loss_value,
-            "loop_s": time.perf_counter() - started}
+    return {
+        "startup_s": startup,
+        "step_seconds": step_seconds,
+        "loss": loss_value,
+        "loop_s": time.perf_counter() - started,
+    }
 
 
 def run_plain(config: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +115,9 @@ def run_ray(config: dict[str, Any], storage: str) -> dict[str, Any]:
     trainer = TorchTrainer(
         tiny_loop,
         train_loop_config={**config, "in_ray": True},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": config["threads"]}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": config["threads"]}
+        ),
         run_config=ray.train.RunConfig(name=f"bench-train-{uuid.uuid4().hex[:8]}", storage_path=storage),
     )
     out = dict(trainer.fit().return_value)
@@ -126,11 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     from microdit.train.trainer import connect_ray
 
     connect_ray()
-    config = {"steps": args.steps, "batch": args.batch, "mask_ratio": args.mask_ratio, "threads": args.threads,
-              "report_every": args.report_every, "seed": args.seed}
-    print(f"Ray Train overhead: {SIZE}, batch {args.batch}, mask ratio {args.mask_ratio}, {args.steps} steps "
-          f"({args.warmup} untimed), {args.threads} torch thread(s), report every {args.report_every} steps, "
-          f"{args.repeats} alternating plain/Ray pairs")
+    config = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "mask_ratio": args.mask_ratio,
+        "threads": args.threads,
+        "report_every": args.report_every,
+        "seed": args.seed,
+    }
+    print(
+        f"Ray Train overhead: {SIZE}, batch {args.batch}, mask ratio {args.mask_ratio}, {args.steps} steps "
+        f"({args.warmup} untimed), {args.threads} torch thread(s), report every {args.report_every} steps, "
+        f"{args.repeats} alternating plain/Ray pairs"
+    )
     plain: list[dict[str, Any]] = []
     in_ray: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="microdit-bench-train-") as storage:
@@ -138,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             plain.append(run_plain(config))
             in_ray.append(run_ray(config, storage))
             p, r = plain[-1], in_ray[-1]
-            print(f"  pair {i + 1}: plain median step {statistics.median(p['step_seconds'][args.warmup:]) * 1e3:.1f} ms"
-                  f" (wall {p['wall_s']:.1f} s) | Ray median step "
-                  f"{statistics.median(r['step_seconds'][args.warmup:]) * 1e3:.1f} ms (wall {r['wall_s']:.1f} s)")
+            print(
+                f"  pair {i + 1}: plain median step {statistics.median(p['step_seconds'][args.warmup :]) * 1e3:.1f} ms"
+                f" (wall {p['wall_s']:.1f} s) | Ray median step "
+                f"{statistics.median(r['step_seconds'][args.warmup :]) * 1e3:.1f} ms (wall {r['wall_s']:.1f} s)"
+            )
     p_steps, r_steps = _steady(plain, args.warmup), _steady(in_ray, args.warmup)
     p_med, r_med = statistics.median(p_steps), statistics.median(r_steps)
     p_mean, r_mean = statistics.fmean(p_steps), statistics.fmean(r_steps)
@@ -148,14 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     ray_startup = statistics.median(r["wall_s"] - sum(r["step_seconds"]) for r in in_ray)
     plain_startup = statistics.median(p["wall_s"] - sum(p["step_seconds"]) for p in plain)
     print(f"steady state, {len(p_steps)} timed steps each:")
-    print(f"  plain process      median {p_med * 1e3:8.1f} ms/step   mean {p_mean * 1e3:8.1f} ms/step   "
-          f"{args.batch / p_med:7.1f} images/s")
-    print(f"  TorchTrainer (1w)  median {r_med * 1e3:8.1f} ms/step   mean {r_mean * 1e3:8.1f} ms/step   "
-          f"{args.batch / r_med:7.1f} images/s")
-    print(f"  ratio Ray/plain    median {r_med / p_med:.3f}   mean {r_mean / p_mean:.3f}   "
-          f"-> overhead {overhead * 100:+.1f}% (target <= +10%): {'PASS' if overhead <= 0.10 else 'FAIL'}")
-    print(f"start-up (not in the ratio): plain {plain_startup:.2f} s (model build), "
-          f"TorchTrainer {ray_startup:.1f} s (fit() wall minus the loop's steps)")
+    print(
+        f"  plain process      median {p_med * 1e3:8.1f} ms/step   mean {p_mean * 1e3:8.1f} ms/step   "
+        f"{args.batch / p_med:7.1f} images/s"
+    )
+    print(
+        f"  TorchTrainer (1w)  median {r_med * 1e3:8.1f} ms/step   mean {r_mean * 1e3:8.1f} ms/step   "
+        f"{args.batch / r_med:7.1f} images/s"
+    )
+    print(
+        f"  ratio Ray/plain    median {r_med / p_med:.3f}   mean {r_mean / p_mean:.3f}   "
+        f"-> overhead {overhead * 100:+.1f}% (target <= +10%): {'PASS' if overhead <= 0.10 else 'FAIL'}"
+    )
+    print(
+        f"start-up (not in the ratio): plain {plain_startup:.2f} s (model build), "
+        f"TorchTrainer {ray_startup:.1f} s (fit() wall minus the loop's steps)"
+    )
     return 0
 
 
