@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from train_testing import BATCH, STEPS, mlflow_client, mlflow_runs, read_ids, tiny_recipe
+from train_testing import BATCH, STEPS, final_state, mlflow_client, mlflow_runs, read_ids, tiny_recipe
 
 
 def test_tiny_run_end_to_end(baseline):
@@ -17,6 +17,7 @@ def test_tiny_run_end_to_end(baseline):
     assert summary.images_seen == STEPS * BATCH
     assert summary.cost_usd > 0 and summary.gpu_hours > 0
 
+    assert final_state(summary.weights)["meta"]["ema"] is True  # the phase tracks an EMA
     model = load_weights(summary.weights)  # plain file, no Ray
     assert model.config.patch_size == 4
     latent = torch.zeros(2, model.config.latent_channels, 32, 32)

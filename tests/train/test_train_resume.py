@@ -1,14 +1,15 @@
 """Resume on the real local Ray cluster with 2 CPU workers: a worker failure, and a relaunched driver.
 
 Both compare against the session's uninterrupted ``baseline`` run (same seed, same tiny recipe):
-the resumed run must end with the same step count and images seen, and every rank must have
-consumed exactly the same rows at every step (no duplicate, no gap across the restart).
+the resumed run must end with the same step count, images seen and (bitwise) final EMA weights,
+and every rank must have consumed exactly the same rows at every step (no duplicate, no gap
+across the restart). Rows are recorded with ``debug.record_ids_dir`` (one JSONL file per rank).
 """
 
 from __future__ import annotations
 
 import pytest
-from train_testing import BATCH, STEPS, mlflow_runs, read_id_lines, read_ids, tiny_recipe
+from train_testing import BATCH, STEPS, assert_same_weights, mlflow_runs, read_id_lines, read_ids, tiny_recipe
 
 FAIL_AT = 3  # checkpoints every 2 steps: the failed attempt dies after step 2's checkpoint + 1 step
 
@@ -60,6 +61,7 @@ def test_worker_failure_resumes_exactly(train_demo, baseline, tmp_path):
     assert summary.global_step == baseline.summary.global_step == STEPS
     assert summary.images_seen == baseline.summary.images_seen == STEPS * BATCH
     _assert_same_rows_as_baseline(ids_dir, baseline)
+    assert_same_weights(summary.weights, baseline.summary.weights)
     for rank in (0, 1):  # the retry restarted from the step-2 checkpoint
         _assert_resumed_at(ids_dir, rank, checkpoint_step=2, failed_at=FAIL_AT)
     (run,) = mlflow_runs(recipe.tracking.mlflow_uri, recipe.tracking.experiment, "baseline")
@@ -92,5 +94,6 @@ def test_relaunched_driver_resumes_the_same_run(train_demo, baseline, tmp_path):
     assert runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["images_seen"] == STEPS * BATCH
     _assert_same_rows_as_baseline(ids_dir, baseline)
+    assert_same_weights(summary.weights, baseline.summary.weights)
     for rank in (0, 1):  # the relaunch resumed from the step-4 checkpoint
         _assert_resumed_at(ids_dir, rank, checkpoint_step=4, failed_at=FAIL_AT + 2)

@@ -33,6 +33,8 @@ def tiny_recipe(demo: dict[str, Path], root: Path, name: str, overrides: dict[st
         "lr_schedule": "cosine",
         "warmup_steps": 2,
         "grad_clip": 1.0,
+        "ema_half_life_images": 32,  # final weights are the EMA, so resume must restore it exactly
+        "ema_start_images": 8,
     }
     base = {
         "name": name,
@@ -53,6 +55,25 @@ def tiny_recipe(demo: dict[str, Path], root: Path, name: str, overrides: dict[st
         "tracking.sample_steps": 4,  # the phase-end sample grid: cheap, still exercised
     }
     return load_recipe("demo", {**base, **(overrides or {})})
+
+
+def final_state(weights: str | Path) -> dict[str, Any]:
+    """The state dict and metadata in a run's ``final_weights.pt``."""
+    import torch
+
+    blob = torch.load(weights, map_location="cpu", weights_only=False)
+    return {"state_dict": blob["state_dict"], "meta": blob["meta"]}
+
+
+def assert_same_weights(a: str | Path, b: str | Path) -> None:
+    """Bitwise-equal final weights: one torch thread per worker, per-step seeded randomness, the
+    same rows per step and a 2-rank all-reduce make a resumed run replay the baseline exactly."""
+    import torch
+
+    left, right = final_state(a)["state_dict"], final_state(b)["state_dict"]
+    assert left.keys() == right.keys()
+    differ = [k for k in left if not torch.equal(left[k], right[k])]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
 
 
 def read_ids(directory: Path) -> dict[int, dict[tuple[int, int], list[str]]]:

@@ -244,6 +244,10 @@ class RecipeConfig:
         _check(self.max_dollars is None or self.max_dollars > 0, "max_dollars", self.max_dollars, "must be > 0 or null")
         _check(self.max_images is None or self.max_images > 0, "max_images", self.max_images, "must be > 0 or null")
         _check(self.vae_factor in (1, 2, 4, 8, 16), "vae_factor", self.vae_factor, "allowed: 1, 2, 4, 8, 16")
+        if self.resources.strategy == "fsdp":
+            _check(not any(p.ema_half_life_images for p in self.phases) and self.evaluation is None,
+                   "resources.strategy", "fsdp", "EMA and in-training evaluation need full weights on rank 0 and are "
+                   "not supported with fsdp yet; use ddp (XL's full state is ~19 GB per GPU and fits an H100)")
         unknown = sorted(set(self.debug) - set(DEBUG_KEYS))
         _check(not unknown, "debug", unknown, f"allowed keys: {', '.join(DEBUG_KEYS)}")
         workers = max(self.resources.num_workers, 1)

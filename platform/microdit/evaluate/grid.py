@@ -36,11 +36,14 @@ def save_grid(
     ncols: int | None = None,
     caption_lines: int = 3,
     font_size: int = 10,
+    min_tile: int = 96,
 ) -> Path:
     """Tile uint8 (N, H, W, 3) images into a PNG at ``path`` and return the path.
 
     ``ncols`` defaults to a near-square layout. With ``captions`` (one per image), each tile
     gets up to ``caption_lines`` wrapped lines of its caption below it; longer ones end in '…'.
+    Tiles smaller than ``min_tile`` pixels are enlarged by an integer factor (nearest
+    neighbour, so no detail is invented): 32 px demo samples are unreadable otherwise.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
@@ -51,6 +54,9 @@ def save_grid(
         raise ConfigError(
             f"grid: {len(captions)} captions for {len(images)} images; give one per image or none"
         )
+    factor = max(1, min_tile // max(images.shape[1:3]))
+    if factor > 1:
+        images = images.repeat(factor, axis=1).repeat(factor, axis=2)  # (N, H*f, W*f, 3)
     n, h, w, _ = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     if ncols < 1:
