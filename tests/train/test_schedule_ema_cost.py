@@ -11,7 +11,8 @@ import torch
 from microdit.config.recipe import PhaseConfig
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
-from microdit.train.loop import phase_total_steps, step_generator
+from microdit.train.loop import phase_total_steps
+from microdit.train.optim import step_generator
 from microdit.train.schedule import learning_rate
 
 LR = 1e-3
