@@ -40,9 +40,18 @@ def experiment_id(uri: str, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_root(uri, name))
     except Exception:  # created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (``<db folder>/mlartifacts/<experiment>``), not in whatever the
+    current directory is; other stores keep MLflow's default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+    return "file://" + os.path.join(os.path.abspath(folder), "mlartifacts", experiment)
 
 
 def find_run(uri: str, experiment: str, run_name: str) -> str | None:
