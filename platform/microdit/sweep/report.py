@@ -13,7 +13,7 @@ from typing import Any
 
 from microdit.config.sweep import SweepSpec
 from microdit.sweep.pareto import format_table, pareto_front, scatter_plot
-from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, experiment_id, find_run
+from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run
 
 
 @dataclass
@@ -128,7 +128,6 @@ def compare(sweep_name: str, uri: str, experiment: str = "microdit-sweeps",
     if objectives is None:
         raw = run.data.params.get("objectives", "['fid:min', 'cost_usd:min']")
         objectives = [tuple(item.split(":")) for item in eval_list(raw)]
-    experiment_id(uri, experiment)
     return build_report(uri, run_id, objectives, sweep_name, log_to_parent=True)
 
 

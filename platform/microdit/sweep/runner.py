@@ -37,10 +37,14 @@ def predicted_trial_dollars(spec: SweepSpec, images_per_s: float = 20.0) -> floa
 
     if spec.trial_dollars is not None:
         return spec.trial_dollars
-    recipe = RecipeConfig.from_dict(spec.trial_recipe({}, "predict")) if not spec.space else RecipeConfig.from_dict(
-        spec.trial_recipe({p.key: p.values[0] for p in spec.space}, "predict"))
+    recipe = RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "predict"))
     images = spec.trial_images or sum(p.steps * p.batch_size for p in recipe.phases if p.steps)
     return images / images_per_s / 3600 * recipe.resources.hourly_price * recipe.resources.billed_devices
+
+
+def first_corner(spec: SweepSpec) -> dict:
+    """The first value of every swept key: a valid trial to probe data and prices with."""
+    return {p.key: p.values[0] for p in spec.space}
 
 
 def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
@@ -58,7 +62,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
     connect_ray()
     from microdit.config.recipe import RecipeConfig
 
-    ensure_data(RecipeConfig.from_dict(spec.trial_recipe({p.key: p.values[0] for p in spec.space}, "probe")))
+    ensure_data(RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe")))
     root = Path(storage or spec.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs")).resolve()
     sweep_dir = root / "sweeps" / spec.name
     uri = tracking_uri(spec.mlflow_uri)
