@@ -1,4 +1,4 @@
-"""`python jobs/benchmark.py {model,data,evaluate,train,sweep} [args]` (also as a Ray job entry point).
+"""`python jobs/benchmark.py {model,data,evaluate,train,sweep,gpu} [args]` (also as a Ray job entry point).
 
 A thin dispatcher: imports ``microdit.benchmarks.<name>`` and calls its ``main(argv)``.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # a working-dir upload
 
-BENCHMARKS = ("model", "data", "evaluate", "train", "sweep")
+BENCHMARKS = ("model", "data", "evaluate", "train", "sweep", "gpu")
 USAGE = f"usage: python jobs/benchmark.py {{{','.join(BENCHMARKS)}}} [args]  (--help after the name for its options)"
 
 
