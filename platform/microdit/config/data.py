@@ -8,10 +8,11 @@ invalid value fails at construction with a ``ConfigError`` naming ``section.fiel
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from microdit.config.mapping import from_mapping
 from microdit.errors import ConfigError
 
 SOURCE_KINDS = ("folder", "webdataset", "parquet", "demo_real", "demo_synthetic")
@@ -26,14 +27,7 @@ def _need(cond: bool, section: str, obj: Any, name: str, msg: str) -> None:
         raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: {msg}")
 
 
-def _from_dict(cls: type, section: str, data: dict[str, Any]) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**data)
+_from_dict = from_mapping  # (cls, section, data)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from microdit.config.data import DataMixConfig
+from microdit.config.mapping import from_mapping
 from microdit.config.model import MASKING_STRATEGIES, ModelConfig
 from microdit.config.overrides import apply_overrides
 from microdit.errors import ConfigError
@@ -35,17 +36,7 @@ def _check(cond: bool, where: str, value: Any, msg: str) -> None:
         raise ConfigError(f"{where}={value!r}: {msg}")
 
 
-def _build(cls: type, where: str, data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-    try:
-        return cls(**data, _where=where) if "_where" in known else cls(**data)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+_build = from_mapping  # (cls, where, data)
 
 
 @dataclass

@@ -143,15 +143,7 @@ class SourceStream:
         """Window items from the current position on, endlessly (crossing passes)."""
         pass_index, offset = self.pass_index, self.offset
         while True:
-            plan = plan_pass(
-                self.shards,
-                self.name,
-                pass_index,
-                self.config.seed,
-                self.rank,
-                self.world_size,
-                self.config.shuffle_buffer,
-            )
+            plan = self.plan(pass_index)
             for window in plan.windows:
                 if window.start + window.rows > offset:
                     skip = max(0, offset - window.start)
