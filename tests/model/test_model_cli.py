@@ -44,7 +44,7 @@ def test_resolution_latent_size_overrides_and_mask_ratio(capsys):
         (["--size", "MicroDiT_Nano_2", "--resolution", "250"], "--resolution=250"),
         (["--size", "MicroDiT_Nano_2", "--latent-size", "33"], "model.patch_size=2"),
         (["--size", "MicroDiT_Nano_2", "--mask-ratio", "1.5"], "--mask-ratio=1.5"),
-        (["--size", "MicroDiT_Nano_2", "--set", "widht=3"], "unknown field(s) ['widht']"),
+        (["--size", "MicroDiT_Nano_2", "--set", "widht=3"], "model.widht: unknown key; allowed: caption_dim, "),
         (["--size", "MicroDiT_Nano_2", "--set", "width"], "expected FIELD=VALUE"),
     ],
 )

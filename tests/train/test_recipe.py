@@ -25,40 +25,88 @@ def test_shipped_recipes_load():
 
 
 @pytest.mark.parametrize(
-    ("overrides", "field", "hint"),
+    ("overrides", "expected"),
     [
-        ({"nme": "x"}, "recipe", "unknown field(s) ['nme']"),
-        ({"phases[0].lrr": 0.1}, "phases[0]", "unknown field(s) ['lrr']"),
-        ({"resources.gpus": 1}, "resources", "unknown field(s) ['gpus']"),
-        ({"phases[0].images": 1000}, "phases[0].steps/images/dollars", "exactly one phase length"),
-        ({"phases[1].steps": None}, "phases[1].steps/images/dollars", "exactly one phase length"),
-        ({"phases[0].steps": 0}, "phases[0].steps", "must be > 0"),
-        ({"phases[0].batch_size": 33}, "phases[0].batch_size", "multiple of micro_batch x num_workers"),
-        ({"phases[1].micro_batch": 5}, "phases[1].batch_size", "5 x 2"),
-        ({"phases[0].masking": "none"}, "phases[0].mask_ratio", "masking strategy is 'none'"),
-        ({"phases[0].masking": "sometimes"}, "phases[0].masking", "allowed: none, naive, deferred"),
-        ({"model.mixer_depth": 0}, "masking", "patch-mixer"),  # Nano_4 defaults to deferred masking
-        ({"phases[0].mask_ratio": 1.0}, "phases[0].mask_ratio", "[0, 1)"),
-        ({"phases[0].lr_schedule": "linear"}, "phases[0].lr_schedule", "allowed: constant, cosine"),
-        ({"phases[1].resolution": 30}, "phases[1].resolution", "vae_factor x patch_size = 4"),
-        ({"resources.accelerator": "TPU"}, "resources.accelerator", "known: H100"),
-        ({"resources.use_gpu": True}, "resources.accelerator", "needs a GPU accelerator"),
-        ({"resources.strategy": "zero3"}, "resources.strategy", "allowed: ddp, fsdp"),
-        ({"resources.num_workers": -1}, "resources.num_workers", "integer >= 0"),
-        ({"tracking.log_every_steps": 0}, "tracking.log_every_steps", "integer >= 1"),
-        ({"debug": {"crash": 1}}, "debug", "allowed keys: fail_at_step"),
-        ({"name": "my run"}, "name", "letters, digits"),
-        ({"data.synthetic_fraction": 1.5}, "synthetic_fraction", "[0, 1]"),
-        ({"model.size": "MicroDiT_Huge_1"}, "MicroDiT_Huge_1", ""),
-        ({"optimizer.betas": [0.9]}, "optimizer.betas", "two numbers"),
-        ({"max_dollars": -1}, "max_dollars", "> 0"),
+        ({"nme": "x"}, "nme: unknown key; allowed: caption_len, data, debug, evaluation, max_dollars, max_images, "
+                       "model, name, optimizer, phases, resources, seed, tracking, vae_factor"),
+        ({"phases[0].lrr": 0.1}, "phases[0].lrr: unknown key; allowed: batch_size, caption_dropout, data, dollars, "
+                                 "ema_half_life_images, ema_start_images, grad_clip, images, lr, lr_floor, lr_schedule, "
+                                 "mask_ratio, masking, micro_batch, name, optimizer_state, p_mean, p_std, resolution, "
+                                 "steps, warmup_steps"),
+        ({"resources.gpus": 1}, "resources.gpus: unknown key; allowed: accelerator, compile, cpus_per_worker, "
+                                "gpus_per_worker, num_workers, precision, price_per_hour, strategy, torch_threads, use_gpu"),
+        ({"phases[0].images": 1000}, "phases[0].steps/images/dollars=['steps', 'images']: give exactly one phase length"),
+        ({"phases[1].steps": None}, "phases[1].steps/images/dollars=[]: give exactly one phase length"),
+        ({"phases[0].steps": 0}, "phases[0].steps=0: Input should be greater than 0"),
+        ({"phases[0].steps": 1.5}, "phases[0].steps=1.5: Input should be a valid integer, got a number with a "
+                                   "fractional part"),
+        ({"phases[0].lr": "abc"}, "phases[0].lr='abc': Input should be a valid number, unable to parse string as a number"),
+        ({"phases[0].lr": float("nan")}, "phases[0].lr=nan: Input should be a finite number"),
+        ({"seed": "abc"}, "seed='abc': Input should be a valid integer, unable to parse string as an integer"),
+        ({"resources.compile": "maybe"}, "resources.compile='maybe': Input should be a valid boolean, unable to "
+                                         "interpret input"),
+        ({"phases[0].batch_size": 33}, "phases[0].batch_size=33: must be a multiple of micro_batch x num_workers = 16 x 2"),
+        ({"phases[1].micro_batch": 5}, "phases[1].batch_size=32: must be a multiple of micro_batch x num_workers = 5 x 2"),
+        ({"phases[0].masking": "none"}, "phases[0].mask_ratio=0.5: must be 0 when the masking strategy is 'none' "
+                                        "(phases[0].masking / model.masking)"),
+        ({"phases[0].masking": "sometimes"}, "phases[0].masking='sometimes': Input should be 'none', 'naive' or 'deferred'"),
+        ({"model.mixer_depth": 0}, "model.masking='deferred': 'deferred' masking needs a patch-mixer (mixer_depth > 0); "
+                                   "use 'naive' to drop patches without one"),  # Nano_4 defaults to deferred masking
+        ({"model.mixer_depth": 0, "model.masking": "naive", "phases[0].masking": "deferred"},
+         "phases[0].masking='deferred': 'deferred' needs a patch-mixer (model.mixer_depth > 0); use naive or none"),
+        ({"phases[0].mask_ratio": 1.0}, "phases[0].mask_ratio=1.0: Input should be less than 1"),
+        ({"phases[0].lr_schedule": "linear"}, "phases[0].lr_schedule='linear': Input should be 'constant' or 'cosine'"),
+        ({"phases[0].optimizer_state": "drop"}, "phases[0].optimizer_state='drop': Input should be 'keep' or 'reset'"),
+        ({"phases[1].resolution": 30}, "phases[1].resolution=30: must be divisible by vae_factor x patch_size = 4"),
+        ({"resources.accelerator": "TPU"}, "resources.accelerator='TPU': known: H100, H200, A100, L4, CPU; or set "
+                                           "resources.price_per_hour"),
+        ({"resources.use_gpu": True}, "resources.accelerator='CPU': use_gpu=true needs a GPU accelerator name "
+                                      "(H100, A100, ...)"),
+        ({"resources.strategy": "zero3"}, "resources.strategy='zero3': Input should be 'ddp' or 'fsdp'"),
+        ({"resources.num_workers": -1}, "resources.num_workers=-1: Input should be greater than or equal to 0"),
+        ({"tracking.log_every_steps": 0}, "tracking.log_every_steps=0: Input should be greater than 0"),
+        ({"debug": {"crash": 1}}, "debug=['crash']: allowed keys: fail_at_step, nan_at_step, record_ids_dir"),
+        ({"name": "my run"}, "name='my run': must be letters, digits, - or _ (it names the Ray run and the MLflow run)"),
+        ({"model.size": "MicroDiT_Huge_1"}, "model.size='MicroDiT_Huge_1' is not a known size; choose one of "
+                                            "MicroDiT_Nano_2, "),
+        ({"model.mixer_depth": "two"}, "model.mixer_depth='two': Input should be a valid integer, unable to parse "
+                                       "string as an integer"),
+        ({"optimizer.betas": [0.9, 1.0]}, "optimizer.betas[1]=1.0: Input should be less than 1"),
+        ({"optimizer.weight_decay_on": "norms"}, "optimizer.weight_decay_on='norms': Input should be 'all' or 'matrices'"),
+        ({"max_dollars": -1}, "max_dollars=-1: Input should be greater than 0"),
+        ({"phases[1].data": {"synthetic_fraction": 1.0, "synthetic": None}},
+         "phases[1].data={'real': None, 'synthetic': None, 'synthetic_fraction': 1.0}: "),
     ],
 )
-def test_malformed_recipe_names_the_field(overrides, field, hint):
+def test_malformed_recipe_names_the_field(overrides, expected):
+    """The whole message: the dotted path, the bad value and what is allowed (a key name alone would
+    match almost any message)."""
     with pytest.raises(ConfigError) as info:
         load_recipe("demo", overrides)
     message = str(info.value)
-    assert field in message and hint in message, message
+    assert message == expected or (expected.endswith(", ") or expected.endswith(": ")) and \
+        message.startswith(expected), message
+
+
+def test_yaml_1_1_numbers_and_typed_overrides():
+    """YAML 1.1 reads ``1e-3`` as a string; the typed layer parses it as the float it is."""
+    recipe = load_recipe("demo", ["phases[0].lr=1e-3", "phases[1].steps=7", "resources.compile=true", "seed=3"])
+    assert recipe.phases[0].lr == 0.001 and isinstance(recipe.phases[0].lr, float)
+    assert recipe.phases[1].steps == 7 and recipe.resources.compile is True and recipe.seed == 3
+    assert load_recipe_dict("demo", ["phases[0].lr=1e-3"])["phases"][0]["lr"] == "1e-3"  # what YAML gives
+
+
+def test_dry_run_prints_parsed_values_and_rejects_bad_types(capsys):
+    from microdit.cli.main import main
+
+    assert main(["train", "demo", "--dry-run", "--set", "phases[0].lr=1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.001\n" in out
+    assert "note: sample grids use 12 Heun steps, guidance 3 (official monitoring: 30 / 5)" in out
+    assert main(["train", "demo", "--dry-run", "--set", "seed=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("microdit train: error: seed='abc': Input should be a valid integer, unable to parse string "
+                   "as an integer\n")
 
 
 def test_bad_override_paths_are_config_errors():
@@ -89,7 +137,7 @@ def test_dotted_overrides_parse_as_yaml_and_leave_the_file_alone():
     assert recipe.phases[1].ema_half_life_images is None
     assert recipe.resources.num_workers == 4 and recipe.phases[0].accumulation(4) == 1
     assert recipe.tracking.mlflow_uri == "sqlite:///runs.db"
-    assert recipe.model_config().mixer_depth == 1
+    assert recipe.architecture().mixer_depth == 1
     assert recipe.data.synthetic_fraction == 0.5
     assert recipe.debug == {"fail_at_step": 3}
     assert load_recipe_dict("demo")["phases"][0]["mask_ratio"] == 0.5  # the shipped file is untouched
@@ -107,7 +155,7 @@ def test_paper_recipe_prediction_lands_near_the_paper_cost():
     from microdit.train.predict import predict
 
     recipe = load_recipe("paper")
-    rows = predict(recipe, recipe.model_config(), recipe.caption_len, images_per_s=PAPER_IMAGES_PER_S)
+    rows = predict(recipe, recipe.architecture(), recipe.caption_len, images_per_s=PAPER_IMAGES_PER_S)
     dollars = sum(r.dollars for r in rows)
     device_hours = sum(r.device_hours for r in rows)
     assert PAPER_DOLLARS / 2 <= dollars <= PAPER_DOLLARS * 2, dollars
@@ -123,8 +171,8 @@ def test_prediction_needs_a_throughput_on_cpu():
 
     recipe = load_recipe("demo")
     with pytest.raises(ConfigError, match="images-per-s"):
-        predict(recipe, recipe.model_config(), recipe.caption_len, assume_mfu=0.5)
-    dollars = sum(r.dollars for r in predict(recipe, recipe.model_config(), 32, images_per_s=32.0))
+        predict(recipe, recipe.architecture(), recipe.caption_len, assume_mfu=0.5)
+    dollars = sum(r.dollars for r in predict(recipe, recipe.architecture(), 32, images_per_s=32.0))
     # 160 steps x 32 images at 32 images/s = 160 s on 2 CPU workers at $0.05/h each
     assert dollars == pytest.approx(160 * 2 * 0.05 / 3600)
 

@@ -11,8 +11,7 @@ import torch
 from microdit.config.recipe import PhaseConfig
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
-from microdit.train.loop import phase_total_steps
-from microdit.train.optim import step_generator
+from microdit.train.optim import step_generator, step_seed
 from microdit.train.schedule import learning_rate
 
 LR = 1e-3
@@ -41,9 +40,21 @@ def test_constant_schedule_and_phases_without_a_step_count():
         [LR / 4, LR / 2, 3 * LR / 4, LR, LR, LR]
     )
     assert learning_rate(constant, 99, 100) == LR
-    dollars = PhaseConfig(dollars=5.0, lr=LR, lr_schedule="cosine")  # no length in steps: stays at lr
-    assert phase_total_steps(dollars) is None and learning_rate(dollars, 1000, None) == LR
-    assert phase_total_steps(PhaseConfig(images=1000, batch_size=64)) == 16  # ceil(1000 / 64)
+    assert PhaseConfig(dollars=5.0, lr=LR).total_steps() is None
+    assert PhaseConfig(images=1000, batch_size=64).total_steps() == 16  # ceil(1000 / 64)
+
+
+def test_cosine_in_a_dollar_phase_decays_over_the_spent_fraction():
+    """A dollar-length phase has no step count: cosine follows the fraction of its dollars spent
+    (it used to stay at the peak LR for the whole phase)."""
+    phase = PhaseConfig(dollars=5.0, lr=LR, lr_schedule="cosine", lr_floor=0.25, warmup_steps=2)
+    assert learning_rate(phase, 0, None, 0.0) == pytest.approx(LR / 2)  # warmup still in steps
+    assert learning_rate(phase, 10, None, 0.0) == pytest.approx(LR)
+    assert learning_rate(phase, 10, None, 0.5) == pytest.approx(0.25 * LR + 0.75 * LR * 0.5)
+    assert learning_rate(phase, 10, None, 1.0) == pytest.approx(0.25 * LR)
+    assert learning_rate(phase, 10, None, 1.7) == pytest.approx(0.25 * LR)  # overshoot: stays at the floor
+    with pytest.raises(ValueError, match="cosine schedule needs the phase length"):
+        learning_rate(phase, 10, None, None)
 
 
 @pytest.mark.parametrize("batch", [50, 25, 500])
@@ -121,6 +132,16 @@ def test_step_generator_depends_only_on_seed_rank_step_micro():
     for i, a in enumerate(variants):
         for b in variants[i + 1 :]:
             assert not torch.equal(a, b)
+
+
+def test_step_streams_never_collide_across_ranks_steps_and_micro_batches():
+    """The old linear mix gave (rank 1, step s) the stream of (rank 0, step s+99, micro 8): every
+    (seed, rank, step, micro) in a realistic grid must get its own seed."""
+    assert step_seed(0, 1, 5, 0) != step_seed(0, 0, 5 + 99, 8)
+    seeds = {step_seed(seed, rank, step, micro)
+             for seed in (0, 1) for rank in range(8) for step in range(400) for micro in range(16)}
+    assert len(seeds) == 2 * 8 * 400 * 16
+    assert all(0 <= s < 2**63 for s in seeds)
 
 
 def test_loss_decreases_when_overfitting_a_fixed_batch():

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-actors", type=int, default=1)
     parser.add_argument("--gen-size", default="MicroDiT_Nano_4", help="model timed for generation")
     parser.add_argument("--gen-images", type=int, default=32)
-    parser.add_argument("--gen-steps", type=int, default=18)
-    parser.add_argument("--gen-guidance", type=float, default=3.0)
+    parser.add_argument("--gen-steps", type=int, default=30)
+    parser.add_argument("--gen-guidance", type=float, default=5.0)
     args = parser.parse_args(argv)
     if args.num_images < 2 or args.batch_size < 1 or args.resolution < 8:
         parser.error("need --num-images >= 2, --batch-size >= 1, --resolution >= 8")

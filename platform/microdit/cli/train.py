@@ -15,7 +15,24 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and predicted cost")
     parser.add_argument("--assume-mfu", type=float, default=None, help="MFU for the cost prediction (GPU)")
     parser.add_argument("--images-per-s", type=float, default=None, help="measured throughput for the prediction")
+    parser.add_argument("--allow-changed-recipe", action="store_true",
+                        help="resume a run whose stored recipe differs from this one (refused by default)")
     parser.set_defaults(func=run)
+
+
+def protocol_notes(recipe) -> list[str]:
+    """Where the recipe's sampling protocol deviates from the official monitoring (30 steps, guidance 5)."""
+    from microdit.config.recipe import deviation_from_official
+
+    notes = []
+    if recipe.evaluation is not None:
+        deviation = deviation_from_official(recipe.evaluation.steps, recipe.evaluation.guidance)
+        if deviation:
+            notes.append(f"evaluation uses {deviation}: its FIDs compare only with FIDs of the same protocol")
+    deviation = deviation_from_official(recipe.tracking.sample_steps, recipe.tracking.sample_guidance)
+    if recipe.tracking.sample_grid and deviation:
+        notes.append(f"sample grids use {deviation}")
+    return notes
 
 
 def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> None:
@@ -27,8 +44,10 @@ def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> Non
 
         model, caption_len = resolve_model(recipe)
     except Exception:  # data not prepared yet: use the size's own caption width
-        model, caption_len = recipe.model_config(), recipe.caption_len
+        model, caption_len = recipe.architecture(), recipe.caption_len
     print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict()}, sort_keys=False))
+    for line in protocol_notes(recipe):
+        print(f"note: {line}")
     counts = parameter_counts(model)
     print(f"parameters: {counts['total']:,} total, {counts['active']:,} active per token")
     if assume_mfu is None and images_per_s is None:
@@ -51,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from microdit.train.trainer import run_training
 
-    summary = run_training(recipe)
+    summary = run_training(recipe, allow_changed_recipe=args.allow_changed_recipe)
     print(f"run {summary.run_name}: {summary.global_step} steps, {summary.images_seen:,} images, "
           f"${summary.cost_usd:.4f} ({summary.gpu_hours:.4f} device-hours), {summary.wall_seconds:.0f} s wall; "
           f"MLflow run {summary.mlflow_run_id}; weights {summary.weights}")

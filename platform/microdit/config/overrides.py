@@ -100,3 +100,19 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             items.update(flatten(value, f"{prefix}{i}."))
         return items
     return {prefix[:-1]: tree}
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths (``phases[0].lr``) where two resolved configs differ: added, removed or changed."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                keys.append(path)
+            else:
+                keys.extend(changed_keys(old[key], new[key], path))
+        return keys
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [k for i, (a, b) in enumerate(zip(old, new)) for k in changed_keys(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [prefix or "<root>"]

@@ -139,11 +139,13 @@ def edm_loss(
     keep_idx: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    masking: str | None = None,
 ) -> EDMLossResult:
     """EDM training loss E_σ,n[λ(σ)·‖D(x0 + σn; σ) − x0‖²] (Karras et al. 2022, eq. 8), SPEC §2.
 
     ``generator`` draws σ and the noise, and is handed to the net for its patch mask; ``sigma``
-    (N,) and ``noise`` (N, C, H, W) override the draws (tests, reproducibility). The squared
+    (N,) and ``noise`` (N, C, H, W) override the draws (tests, reproducibility); ``masking`` overrides
+    the net's masking strategy (a phase's ``masking``). The squared
     error is taken in float32 even under bf16 autocast. If the net reports a mask, the loss
     counts kept patches only (see :func:`masked_patch_mean`); otherwise it is the mean over all.
     """
@@ -154,7 +156,9 @@ def edm_loss(
         noise = _randn(x0.shape, generator, x0.device)  # (N, C, H, W)
     sigma = sigma.to(device=x0.device, dtype=torch.float32)
     x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise.to(x0.dtype)  # (N, C, H, W)
-    denoised, out = denoiser(x_noisy, sigma, y, mask_ratio=mask_ratio, generator=generator, keep_idx=keep_idx)
+    net_kwargs = {"masking": masking} if masking is not None else {}  # a phase's masking strategy
+    denoised, out = denoiser(x_noisy, sigma, y, mask_ratio=mask_ratio, generator=generator, keep_idx=keep_idx,
+                             **net_kwargs)
     weight = edm_loss_weight(sigma, denoiser.sigma_data).view(-1, 1, 1, 1)  # (N, 1, 1, 1)
     err = weight * (denoised.float() - x0.float()) ** 2  # (N, C, H, W) float32
     if out.mask is None:

@@ -119,17 +119,23 @@ class MicroDiT(nn.Module):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         keep_idx: torch.Tensor | None = None,
+        masking: str | None = None,
     ) -> MicroDiTOutput:
         """x (N, C, H, W), c_noise (N,), y (N, L, Dy). ``mask_ratio`` defaults to 0 (inference);
-        ``keep_idx`` (N, K) overrides the random draw. Masking needs strategy naive or deferred.
+        ``keep_idx`` (N, K) overrides the random draw. ``masking`` (a phase's strategy) overrides
+        ``config.masking``: naive drops right after the patch embedding (a patch-mixer, if any, then
+        sees only the kept patches), deferred after the mixer; masking needs one of the two.
         """
         cfg = self.config
+        strategy = masking or cfg.masking
         n, _, height, width = x.shape
         gh, gw = height // cfg.patch_size, width // cfg.patch_size
         num_tokens = gh * gw
         ratio = 0.0 if mask_ratio is None else float(mask_ratio)
-        if (ratio > 0 or keep_idx is not None) and cfg.masking == "none":
-            raise ValueError("mask_ratio > 0 or keep_idx given, but model.masking='none'")
+        if (ratio > 0 or keep_idx is not None) and strategy == "none":
+            raise ValueError(f"mask_ratio > 0 or keep_idx given, but masking='{strategy}'")
+        if strategy == "deferred" and not cfg.use_mixer:
+            raise ValueError("deferred masking needs a patch-mixer (model.mixer_depth > 0)")
         if keep_idx is None and ratio > 0:
             keep_idx = random_keep_indices(n, num_tokens, ratio, generator, device=x.device)
 
@@ -137,15 +143,15 @@ class MicroDiT(nn.Module):
         tokens = tokens + self.pos_embed(gh, gw, tokens.device, tokens.dtype)
         c, context = self.condition(c_noise, y)
 
-        if keep_idx is not None and cfg.masking == "naive":
-            tokens = gather_tokens(tokens, keep_idx)  # (N, K, D)
+        if keep_idx is not None and strategy == "naive":
+            tokens = gather_tokens(tokens, keep_idx)  # (N, K, D): naive masking
         if cfg.use_mixer:
             mixed, mixer_context = tokens, context
             if hasattr(self, "patch_mixer_map_xin"):
                 mixed, mixer_context = self.patch_mixer_map_xin(tokens), self.patch_mixer_map_y(context)
             for block in self.patch_mixer:
                 mixed = block(mixed, c, mixer_context)  # (N, T, Dm): the mixer sees all patches
-            if keep_idx is not None:
+            if keep_idx is not None and strategy == "deferred":
                 mixed = gather_tokens(mixed, keep_idx)  # (N, K, Dm): deferred masking
             tokens = self.patch_mixer_map_xout(mixed) if hasattr(self, "patch_mixer_map_xout") else mixed
         for block in self.blocks:

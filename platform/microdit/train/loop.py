@@ -36,15 +36,18 @@ from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.evaluation import evaluate_and_log
 from microdit.train.feed import open_stream
-from microdit.train.optim import build_optimizer, step_generator
+from microdit.train.optim import step_generator
 from microdit.train.parallel import (
     all_gather_objects,
+    all_reduce_max,
     all_reduce_mean,
     any_rank,
+    full_model_state,
     full_state_dicts,
     load_full_state_dicts,
-    wrap_model,
+    prepare_model_and_optimizer,
 )
+from microdit.train.phases import data_position_for_phase, phase_start_actions, produced_weights_source
 from microdit.train.schedule import learning_rate
 from microdit.train.state import WEIGHTS_FILE, Progress, load_state, restore_rng, save_state, save_weights
 
@@ -53,14 +56,6 @@ REPORT_EVERY_S = 2.0
 
 class StopTraining(Exception):
     """Raised inside the loop to end it cleanly on every rank (non-finite loss)."""
-
-
-def phase_total_steps(phase: PhaseConfig) -> int | None:
-    if phase.steps is not None:
-        return phase.steps
-    if phase.images is not None:
-        return math.ceil(phase.images / phase.batch_size)
-    return None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +82,11 @@ class WorkerRun:
 
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.model = MicroDiT(self.model_config).to(self.device)
-        self.optimizer = build_optimizer(self.model, recipe)
         self.ema = EMA(self.model) if any(p.ema_half_life_images for p in recipe.phases) else None
         res = recipe.resources
         self.cost = CostMeter(res.hourly_price, res.billed_devices, res.peak_flops)
         self.progress = Progress()
-        self.train_model = wrap_model(self.model, res, self.device, self.world)
+        self.train_model, self.optimizer = prepare_model_and_optimizer(self.model, recipe, self.device, self.world)
         self._restore()
         self.denoiser = EDMDenoiser(self.train_model)
         self.logger = AsyncLogger(config["mlflow_uri"], config["mlflow_run_id"]) \
@@ -130,28 +124,39 @@ class WorkerRun:
         result = {"first_step_wall": self.first_step_wall, "global_step": p.global_step,
                   "images_seen": p.images_seen, "cost_usd": self.cost.dollars, "gpu_hours": self.cost.device_hours,
                   "phase": p.phase, "finished": p.finished, "stop_reason": stop_reason, "logging_errors": errors}
-        if self.rank == 0 and p.finished:
-            result["weights"] = str(self.save_final_weights(result))
+        if p.finished:
+            weights = self.produced_weights()  # a collective under FSDP: every rank takes part
+            if self.rank == 0:
+                result["weights"] = str(self.save_final_weights(weights, result))
         return result
 
     def run_phase(self, phase: PhaseConfig) -> str | None:
         recipe, progress = self.recipe, self.progress
-        total_steps = phase_total_steps(phase)
+        index = progress.phase
+        total_steps = phase.total_steps()
+        actions = phase_start_actions(recipe, index, progress.phase_step)
+        if actions.reset_ema_updates and self.ema is not None:
+            self.ema.updates = 0  # the weights this phase produces are its own EMA, or the live weights
+        if actions.reset_optimizer_state:
+            self.optimizer.state.clear()  # weights only: fresh AdamW moments and step counter
         latent = phase.resolution // recipe.vae_factor
         kept_tokens = self.model_config.kept_tokens(latent, phase.mask_ratio)
         flops_per_image = train_flops_per_image(self.model_config, latent, phase.mask_ratio, self.config["caption_len"])
-        position = progress.data_positions[self.rank] if self.rank < len(progress.data_positions) else None
+        position = data_position_for_phase(recipe, index, progress.phase_step, progress.data_positions, self.rank)
         record_ids = recipe.debug.get("record_ids_dir")
-        stream = open_stream(recipe, phase, self.rank, self.world, phase.per_worker_micro_batch(self.world),
-                             position, with_ids=bool(record_ids))
+        stream = open_stream(recipe.phase_data(index), phase, self.rank, self.world,
+                             phase.per_worker_micro_batch(self.world), position, with_ids=bool(record_ids))
         batches = iter(stream)
         window: dict[str, Any] = {"count": 0}
         while total_steps is None or progress.phase_step < total_steps:
-            over = (phase.dollars is not None and progress.phase_dollars >= phase.dollars) or self.over_budget()
-            if any_rank(over, self.device, self.world):
+            # One collective: every rank gets the largest phase spend (the LR of a dollar phase depends
+            # on it, so all ranks must agree) and whether any rank is over a budget.
+            spent, over = all_reduce_max([progress.phase_dollars, float(self.over_budget())], self.device, self.world)
+            if (phase.dollars is not None and spent >= phase.dollars) or over > 0:
                 break
             self.maybe_inject_failure()
-            step_metrics = self.train_step(phase, batches, total_steps)
+            fraction = spent / phase.dollars if phase.dollars is not None else None
+            step_metrics = self.train_step(phase, batches, total_steps, fraction)
             images = phase.batch_size
             before = self.cost.dollars
             self.cost.step(images, kept_tokens * images, flops_per_image * images)
@@ -187,11 +192,13 @@ class WorkerRun:
         return None
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, phase: PhaseConfig, batches, total_steps: int | None) -> dict[str, Any]:
+    def train_step(self, phase: PhaseConfig, batches, total_steps: int | None,
+                   spent_fraction: float | None = None) -> dict[str, Any]:
         """Accumulate micro-batches, clip, step. Returns device tensors (and the synced mean loss)."""
         progress, debug = self.progress, self.recipe.debug
+        lr = learning_rate(phase, progress.phase_step, total_steps, spent_fraction)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(phase, progress.phase_step, total_steps) * group["lr_scale"]
+            group["lr"] = lr * group["lr_scale"]
         accumulation = phase.accumulation(self.world)
         loss_sum = torch.zeros((), device=self.device)
         router: dict[str, torch.Tensor] = {}
@@ -208,7 +215,7 @@ class WorkerRun:
                 else contextlib.nullcontext()
             with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 out = edm_loss(self.denoiser, x0, y, p_mean=phase.p_mean, p_std=phase.p_std,
-                               mask_ratio=phase.mask_ratio, generator=generator)
+                               mask_ratio=phase.mask_ratio, masking=phase.masking, generator=generator)
                 loss = out.loss * float("nan") if debug.get("nan_at_step") == progress.global_step else out.loss
                 (loss / accumulation).backward()
             loss_sum += loss.detach().float() / accumulation
@@ -255,9 +262,11 @@ class WorkerRun:
         every = evaluation.every_images if evaluation else None
         crossed = every is not None and seen // every != (seen - images) // every
         at_end = phase_done and (evaluation is None or evaluation.at_phase_end)
-        if self.rank != 0 or not (crossed or at_end):
+        if not (crossed or at_end):
             return
-        weights = self.ema.shadow if self.ema is not None and self.ema.updates else self.model.state_dict()
+        weights = self.produced_weights()  # a collective under FSDP: every rank takes part
+        if self.rank != 0:
+            return
         evaluate_and_log(self.recipe, self.model_config, weights, self.device, self.logger,
                          self.progress.global_step, f"phase{self.progress.phase}" if phase_done else "interval")
 
@@ -277,13 +286,19 @@ class WorkerRun:
                        cost_state=self.cost.state_dict(), model_config=self.model_config.to_dict())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    def save_final_weights(self, result: dict[str, Any]) -> Path:
+    def save_final_weights(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path:
         path = Path(self.config["output_dir"]) / WEIGHTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        use_ema = self.ema is not None and self.ema.updates > 0
-        state_dict = self.ema.shadow if use_ema else self.model.state_dict()
-        return save_weights(path, {k: v.detach().float().cpu() for k, v in state_dict.items()},
-                            self.model_config.to_dict(), {"ema": use_ema, **result})
+        source = produced_weights_source(self.ema.updates if self.ema is not None else 0)
+        return save_weights(path, {k: v.detach().float().cpu() for k, v in weights.items()},
+                            self.model_config.to_dict(), {"ema": source == "ema", **result})
+
+    def produced_weights(self) -> dict[str, torch.Tensor]:
+        """The weights the current (or just finished) phase produces: its EMA if it has updated one,
+        else the live weights (``ema.updates`` is reset at every phase start)."""
+        if produced_weights_source(self.ema.updates if self.ema is not None else 0) == "ema":
+            return self.ema.shadow
+        return full_model_state(self.model, self.world)
 
     # ------------------------------------------------------------------ small helpers
     def over_budget(self) -> bool:

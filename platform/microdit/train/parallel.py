@@ -3,6 +3,11 @@
 DDP by default. FSDP (``resources.strategy: fsdp``) uses PyTorch's ``fully_shard`` per block
 with ``reshard_after_forward=False``: gradients and optimizer state are sharded, parameters stay
 gathered between forward and backward (the paper's SHARD_GRAD_OP).
+
+``fully_shard`` replaces every parameter with a new sharded (DTensor) ``nn.Parameter``, so the
+optimizer must be built afterwards: :func:`prepare_model_and_optimizer` does both in that order.
+``torch.nn.utils.clip_grad_norm_`` works on the sharded gradients as is (it returns a replicated
+DTensor holding the global norm).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from microdit.config.recipe import ResourcesConfig
+from microdit.config.recipe import RecipeConfig, ResourcesConfig
+from microdit.train.optim import build_optimizer
 
 
 def distributed(world: int) -> bool:
@@ -36,6 +42,19 @@ def wrap_model(model: nn.Module, resources: ResourcesConfig, device: torch.devic
     if resources.compile:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+def prepare_model_and_optimizer(model: nn.Module, recipe: RecipeConfig, device: torch.device,
+                                world: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Wrap / shard ``model`` first, then build the optimizer over its (possibly sharded) parameters.
+
+    Returns ``(train_model, optimizer)``: ``train_model`` is what the loop calls forward on;
+    ``model`` stays the module to clip, checkpoint and average (under FSDP it is sharded in place).
+    Building the optimizer before ``fully_shard`` would leave it holding the replaced tensors,
+    which never receive gradients: AdamW would skip them and the weights would never change.
+    """
+    train_model = wrap_model(model, recipe.resources, device, world)
+    return train_model, build_optimizer(model, recipe)
 
 
 def all_reduce_mean(value: float, device: torch.device, world: int) -> float:
@@ -73,6 +92,15 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, world: 
     return get_state_dict(model, optimizer, options=options)
 
 
+def full_model_state(model: nn.Module, world: int) -> dict[str, torch.Tensor]:
+    """The unsharded model weights (a collective under FSDP: call on every rank; rank 0 gets them)."""
+    if not distributed(world) or not any(hasattr(p, "full_tensor") for p in model.parameters()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                           optimizer_state: dict, world: int) -> None:
     if not distributed(world):
@@ -83,3 +111,12 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
 
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def all_reduce_max(values: list[float], device: torch.device, world: int) -> list[float]:
+    """Element-wise maximum over ranks (every rank gets the same numbers)."""
+    if not distributed(world):
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [float(v) for v in tensor.tolist()]

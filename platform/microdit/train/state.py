@@ -73,8 +73,29 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     return path
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Build a ``MicroDiT`` from ``final_weights.pt`` (or a training checkpoint directory)."""
+def checkpoint_weights(state: dict[str, Any], which: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+    """The weights a training checkpoint holds for sampling, and which ones they are.
+
+    ``auto`` follows the training rule: the EMA only when the phase in progress (or just finished)
+    has updated it, else the live weights; an EMA that exists but was never updated in this phase
+    holds initial or stale weights and is never returned by ``auto``. ``ema`` / ``live`` force one."""
+    from microdit.train.phases import produced_weights_source
+
+    ema = state.get("ema")
+    if which == "auto":
+        which = produced_weights_source(int(ema["updates"]) if ema else 0)
+    if which == "ema":
+        if not ema:
+            raise ValueError("this checkpoint has no EMA weights (the recipe never ran an EMA); use 'live'")
+        return ema["shadow"], "ema"
+    if which != "live":
+        raise ValueError(f"which={which!r}: allowed auto, ema, live")
+    return state["model"], "live"
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", which: str = "auto"):
+    """Build a ``MicroDiT`` from ``final_weights.pt`` (or a training checkpoint directory; ``which``
+    picks its EMA or live weights, see :func:`checkpoint_weights`)."""
     from microdit.config.model import ModelConfig
     from microdit.model import MicroDiT
 
@@ -85,7 +106,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu"):
         else:
             state = load_state(path)
             model = MicroDiT(ModelConfig.from_dict(state["model_config"]))
-            weights = state["ema"]["shadow"] if state.get("ema") else state["model"]
+            weights, _ = checkpoint_weights(state, which)
             model.load_state_dict(weights)
             return model.to(device).eval()
     blob = torch.load(path, map_location="cpu", weights_only=False)

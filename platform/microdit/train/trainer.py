@@ -20,13 +20,14 @@ from typing import Any
 import yaml
 
 from microdit.config.model import ModelConfig
-from microdit.config.overrides import flatten
+from microdit.config.overrides import changed_keys, flatten
 from microdit.config.recipe import RecipeConfig
 from microdit.errors import ConfigError
-from microdit.tracking import finish_run, get_or_create_run, log_params, tracking_uri
+from microdit.tracking import client, find_run, finish_run, get_or_create_run, log_params, tracking_uri
 
 log = logging.getLogger(__name__)
 DEMO_SETS = ("demo_real", "demo_synthetic", "demo_real_heldout")
+RECIPE_ARTIFACT = "recipe.json"  # the resolved recipe, logged when the run is created
 
 
 class TrainingStopped(RuntimeError):
@@ -105,16 +106,41 @@ def resolve_model(recipe: RecipeConfig) -> tuple[ModelConfig, int]:
     explicit = {k: v for k, v in overrides.items() if k in recipe.model and recipe.model[k] != v}
     if explicit:
         raise ConfigError(f"model: {explicit} contradicts the data (the sets give {overrides}); drop those fields")
-    return recipe.model_config(**overrides), caption_len
+    return recipe.architecture(**overrides), caption_len
 
 
 def storage_path(recipe: RecipeConfig) -> str:
     return os.path.abspath(recipe.tracking.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs"))
 
 
+def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
+    """Refuse to resume run ``run_id`` with a recipe that differs from the one it started with."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from microdit.tracking import client
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client(uri).download_artifacts(run_id, RECIPE_ARTIFACT, tmp)
+            stored = json.loads(Path(path).read_text())
+    except (MlflowException, OSError):
+        log.warning("run %s has no stored %s: cannot check that the resumed recipe is unchanged", run_id,
+                    RECIPE_ARTIFACT)
+        return
+    changed = changed_keys(stored, recipe.to_dict())
+    if changed:
+        raise ConfigError(f"run {recipe.name!r} exists with a different recipe (changed: {', '.join(changed)}); "
+                          "resuming would mix two configurations. Use a new name, restore the old values, "
+                          "or pass --allow-changed-recipe to resume anyway")
+
+
 def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
-                 callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None) -> TrainSummary:
-    """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED)."""
+                 callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None,
+                 allow_changed_recipe: bool = False) -> TrainSummary:
+    """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED).
+    A run name that exists resumes it, but only with the recipe it started with (unless allowed)."""
     import time
 
     import ray.train
@@ -129,11 +155,15 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     name = run_name or recipe.name
     storage = storage_path(recipe)
     uri = tracking_uri(recipe.tracking.mlflow_uri)
+    existing = find_run(uri, recipe.tracking.experiment, name)
+    if existing and not allow_changed_recipe:
+        check_resumed_recipe(uri, existing, recipe)
     run_id, created = get_or_create_run(uri, recipe.tracking.experiment, name, "train", parent_run_id,
                                         {"ray.storage_path": storage, **(mlflow_tags or {})})
     if created:
         log_params(uri, run_id, {**flatten(recipe.to_dict()), **{f"resolved_model.{k}": v for k, v in
                                                                  model_config.to_dict().items()}})
+        client(uri).log_dict(run_id, recipe.to_dict(), RECIPE_ARTIFACT)
     output_dir = Path(storage) / name / "final"
     config = {"recipe": recipe.to_dict(), "model_config": model_config.to_dict(), "caption_len": caption_len,
               "mlflow_uri": uri, "mlflow_run_id": run_id, "output_dir": str(output_dir)}
@@ -152,8 +182,6 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.tracking.keep_checkpoints),
         ),
     )
-    from microdit.tracking import client
-
     try:
         result = trainer.fit()
     except Exception:
