@@ -22,7 +22,7 @@ DEFAULT_CPU_IMAGES_PER_S = 20.0
 def trial_cost(spec: SweepSpec, values: dict, images_per_s: float | None) -> tuple[float, float]:
     """(predicted dollars, predicted hours) of one trial."""
     recipe = RecipeConfig.from_dict(spec.trial_recipe(values, "plan"))
-    model = recipe.model_config()
+    model = recipe.architecture()
     speed = images_per_s or (None if recipe.resources.peak_flops else DEFAULT_CPU_IMAGES_PER_S)
     rows = predict(recipe, model, recipe.caption_len, assume_mfu=None if speed else DEFAULT_MFU, images_per_s=speed)
     dollars = sum(r.dollars for r in rows)
