@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=("auto", "ema", "live"), default="auto",
+                        help="for a checkpoint folder: auto = the EMA only if the phase in progress updated it")
     parser.add_argument("--clip-model", default=None, help="CLIPModel hub id or local path (CLIP score)")
     parser.add_argument("--num-actors", type=int, default=0, help="Inception actors on Ray (0 = in-process)")
     parser.add_argument("--mlflow-uri", default=None)
@@ -57,6 +59,7 @@ def resolve_checkpoint(ref: str, uri: str) -> tuple[Path, str | None]:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from microdit.config.recipe import deviation_from_official
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
     from microdit.tracking import client, finish_run, get_or_create_run, tracking_uri
     from microdit.train.trainer import connect_ray
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                               num_actors=args.num_actors)
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "evaluation_samples.png"
-        metrics = evaluate_weights(weights, config, grid_path=grid)
+        metrics = evaluate_weights(weights, config, grid_path=grid, which=args.weights)
         created = run_id is None
         if created:
             run_id, _ = get_or_create_run(uri, args.experiment, f"eval-{weights.parent.parent.name}-{args.num_samples}",
@@ -78,10 +81,14 @@ def run(args: argparse.Namespace) -> int:
         mlflow_client = client(uri)
         for key, value in metrics.items():
             mlflow_client.log_metric(run_id, key, float(value))
+        deviation = deviation_from_official(args.steps, args.guidance)
+        mlflow_client.set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
         if "clip_score" not in metrics:
             mlflow_client.set_tag(run_id, "microdit.clip_score", "unavailable (no --clip-model)")
         mlflow_client.log_artifact(run_id, str(grid), "evaluation")
         if created:
             finish_run(uri, run_id)
     print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"  (MLflow run {run_id})")
+    if deviation:
+        print(f"note: sampled with {deviation}")
     return 0

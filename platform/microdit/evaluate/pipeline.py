@@ -93,7 +93,9 @@ def evaluate_model(
     return metrics
 
 
-def evaluate_weights(weights: str | Path, cfg: EvaluationConfig, grid_path: str | Path | None = None) -> dict:
+def evaluate_weights(weights: str | Path, cfg: EvaluationConfig, grid_path: str | Path | None = None,
+                     which: str = "auto") -> dict:
+    """``which``: for a checkpoint folder, its EMA or live weights (``auto``: see ``checkpoint_weights``)."""
     from microdit.train.state import load_weights
 
-    return evaluate_model(load_weights(weights), cfg, grid_path)
+    return evaluate_model(load_weights(weights, which=which), cfg, grid_path)
