@@ -21,7 +21,7 @@ import yaml
 
 from microdit.config.model import ModelConfig
 from microdit.config.overrides import changed_keys, flatten
-from microdit.config.recipe import RecipeConfig
+from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.errors import ConfigError
 from microdit.tracking import client, find_run, finish_run, get_or_create_run, log_params, tracking_uri
 
@@ -164,6 +164,9 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
         log_params(uri, run_id, {**flatten(recipe.to_dict()), **{f"resolved_model.{k}": v for k, v in
                                                                  model_config.to_dict().items()}})
         client(uri).log_dict(run_id, recipe.to_dict(), RECIPE_ARTIFACT)
+        if recipe.evaluation is not None:
+            deviation = deviation_from_official(recipe.evaluation.steps, recipe.evaluation.guidance)
+            client(uri).set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
     output_dir = Path(storage) / name / "final"
     config = {"recipe": recipe.to_dict(), "model_config": model_config.to_dict(), "caption_len": caption_len,
               "mlflow_uri": uri, "mlflow_run_id": run_id, "output_dir": str(output_dir)}
