@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python jobs/sweep.py SPEC [--dry-run]`: the same as `microdit sweep`."""
+"""`ray job submit ... -- python jobs/sweep.py SPEC [--dry-run] [--allow-changed-spec]`: the same as `microdit sweep`."""
 
 import sys
 from pathlib import Path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from itertools import islice
 
 import numpy as np
@@ -82,10 +83,13 @@ def test_resume_from_saved_position_has_no_duplicates_or_gaps(tiny_demo, resume_
 
 
 def test_invalid_mix_configs_are_config_errors(tiny_demo):
-    with pytest.raises(ConfigError, match="synthetic_fraction"):
-        DataMixConfig(synthetic_fraction=1.5)
-    with pytest.raises(ConfigError, match="data.synthetic"):
-        DataMixConfig(real="r", synthetic=None, synthetic_fraction=0.2)
+    with pytest.raises(ConfigError, match=r"^data\.synthetic_fraction=1\.5: Input should be less than or equal to 1$"):
+        DataMixConfig.from_dict({"synthetic_fraction": 1.5})
+    with pytest.raises(ConfigError, match=r"^data\.synthetic=None: is required when synthetic_fraction > 0$"):
+        DataMixConfig.from_dict({"real": "r", "synthetic": None, "synthetic_fraction": 0.2})
+    with pytest.raises(ConfigError, match=r"^data\.shuffle_buffer=0: .*greater than 0; data\.bogus: unknown key"):
+        DataMixConfig.from_dict({"shuffle_buffer": 0, "bogus": 1})
+    assert DataMixConfig.from_dict({"synthetic_fraction": "1e-1"}).fraction == Fraction(1, 10)  # YAML 1.1 string
     DataMixConfig(real=None, synthetic="s", synthetic_fraction=1.0)  # one source is enough at f = 1
     with pytest.raises(ConfigError, match="fewer than"):
         MixedStream(_config(tiny_demo, 0.0), resolution=32, batch_size=4, rank=0, world_size=64)

@@ -14,8 +14,9 @@ from PIL import Image
 
 from microdit.cli.main import main
 from microdit.config.data import PrepareConfig, SourceConfig, TextEncoderConfig
+from microdit.data.images import resize_center_crop
 from microdit.data.manifest import MANIFEST, load_manifest
-from microdit.data.prepare import prepare
+from microdit.data.prepare import content_fingerprint, prepare, recorded_fingerprint
 from microdit.data.reader import read_set
 from microdit.errors import ConfigError
 
@@ -194,3 +195,85 @@ def test_webdataset_parquet_and_index_sources_agree(ray_local, tmp_path):
     assert np.array_equal(results["wds"]["latents"], results["hf"]["latents"])
     assert np.array_equal(results["hf"]["latents"], results["index"]["latents"])
     assert set(results["index"]["source"]) == {"synthetic"}
+
+
+@pytest.fixture()
+def sized_folder(tmp_path):
+    """Captioned images with shorter sides 20 (mid), 40 (big) and 10 (tiny) px."""
+    root = tmp_path / "sized"
+    root.mkdir()
+    for seed, (name, size) in enumerate({"mid": (30, 20), "big": (40, 56), "tiny": (24, 10)}.items()):
+        (root / f"{name}.png").write_bytes(_png(seed, size))
+        (root / f"{name}.txt").write_text(f"a {name} image")
+    return root
+
+
+def _sized_config(folder, out, **kw) -> PrepareConfig:
+    return PrepareConfig(
+        source=SourceConfig(kind="folder", path=str(folder), dataset="s"),
+        out=str(out),
+        resolutions=(16, 32),
+        text_encoder=TextEncoderConfig(max_length=8),
+        rows_per_shard=3,
+        **kw,
+    )
+
+
+def test_min_side_defaults_to_the_smallest_resolution_and_upsamples(ray_local, sized_folder, tmp_path):
+    """A 16+32 px set keeps images >= 16 px at both sizes (the 20-px one upsampled for 32 px)."""
+    config = _sized_config(sized_folder, tmp_path / "set")
+    assert config.min_side is None and config.effective_min_side == 16
+    summary = prepare(config, progress=False)
+    assert summary.rows_written == 2 and summary.skipped == {"too_small": 1}
+    manifest = load_manifest(tmp_path / "set")
+    assert manifest.resolutions == [16, 32] and manifest.skipped == {"too_small": 1}
+    assert manifest.prepare["min_side"] == 16  # recorded resolved
+    for r in (16, 32):
+        data = read_set(tmp_path / "set", columns=["id", "latents", "width", "height"], resolution=r)
+        assert sorted(data["id"]) == ["s/big.png", "s/mid.png"]
+        assert data["latents"].shape == (2, 3, r, r)
+    data = read_set(tmp_path / "set", columns=["id", "latents"], resolution=32)
+    mid = data["id"].index("s/mid.png")
+    expected = resize_center_crop(Image.open(sized_folder / "mid.png").convert("RGB"), 32)  # 30x20 -> 48x32
+    expected = expected.transpose(2, 0, 1) / 127.5 - 1
+    assert np.abs(data["latents"][mid].astype(np.float32) - expected).max() < 2e-3
+
+
+def test_explicit_min_side_still_filters(ray_local, sized_folder, tmp_path):
+    config = _sized_config(sized_folder, tmp_path / "set", min_side=32)
+    assert config.effective_min_side == 32
+    summary = prepare(config, progress=False)
+    assert summary.rows_written == 1 and summary.skipped == {"too_small": 2}
+    for r in (16, 32):
+        data = read_set(tmp_path / "set", columns=["id", "latents"], resolution=r)
+        assert data["id"] == ["s/big.png"] and data["latents"].shape == (1, 3, r, r)
+
+
+def test_old_manifests_read_min_side_null_as_the_largest_resolution(tmp_path):
+    """Sets made when ``min_side: null`` meant max(resolutions): same for one size, different for two."""
+    source = SourceConfig(kind="folder", path=str(tmp_path), dataset="s")
+    one = PrepareConfig(source=source, out="x", resolutions=(16,))
+    two = PrepareConfig(source=source, out="x", resolutions=(16, 32))
+    assert recorded_fingerprint({**content_fingerprint(one), "min_side": None}) == content_fingerprint(one)
+    old_two = recorded_fingerprint({**content_fingerprint(two), "min_side": None})
+    assert old_two["min_side"] == 32 and content_fingerprint(two)["min_side"] == 16
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rows_per_shard": 0}, r"^prepare\.rows_per_shard=0: Input should be greater than 0$"),
+        ({"min_side": 0}, r"^prepare\.min_side=0: Input should be greater than 0$"),
+        ({"resolutions": [16, 16]}, r"^prepare\.resolutions=\[16, 16\]: must not repeat a size$"),
+        ({"resolutions": [4]}, r"^prepare\.resolutions\[0\]=4: Input should be greater than or equal to 8$"),
+        ({"resolutions": []}, r"^prepare\.resolutions=\[\]: must list at least one pixel size$"),
+        ({"source": {"kind": "ftp", "path": "p"}}, r"^prepare\.source\.kind='ftp': Input should be 'folder', "),
+        ({"source": {"kind": "folder"}}, r"^prepare\.source\.path='': is required for folder"),
+        ({"text_encoder": {"kind": "bert"}}, r"^prepare\.text_encoder\.kind='bert': Input should be 'auto', "),
+        ({"vae": {"scale": 1}}, r"^prepare\.vae\.scale: unknown key; allowed: name, scaling_factor, "),
+    ],
+)
+def test_prepare_config_errors_name_the_dotted_path(changes, message):
+    data = {"source": {"kind": "folder", "path": "p"}, "out": "x", **changes}
+    with pytest.raises(ConfigError, match=message):
+        PrepareConfig.from_dict(data)

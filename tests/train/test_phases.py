@@ -219,4 +219,4 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     changed = tiny_recipe(train_demo, tmp_path, "phases", {**overrides, "phases[0].lr": 5e-4})
     with pytest.raises(ConfigError) as info:
         run_training(changed)
-    assert "run 'phases' exists with a different recipe (changed: phases[0].lr)" in str(info.value)
+    assert "run 'phases' exists with a different recipe (changed: phases[0].lr: 0.001 -> 0.0005); " in str(info.value)

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from microdit.config.data import PrepareConfig, SourceConfig, TextEncoderConfig, VaeConfig
+from microdit.config.data import TEXT_MODEL_KINDS, PrepareConfig
 from microdit.errors import ConfigError
 
 
@@ -49,14 +49,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--text-encoder", default="minilm", help="'minilm' (packaged) or a hub id / directory"
     )
-    parser.add_argument("--text-encoder-kind", default="auto", choices=("auto", "clip", "t5", "auto_model"))
+    parser.add_argument("--text-encoder-kind", default="auto", choices=TEXT_MODEL_KINDS)
     parser.add_argument("--max-length", type=int, help="caption tokens L (default 77; demo 32)")
     parser.add_argument("--rows-per-shard", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder forward")
     parser.add_argument("--encoders", type=int, default=1, help="encoder actors (one per GPU)")
     parser.add_argument("--gpus-per-encoder", type=float, default=0.0)
     parser.add_argument("--cpus-per-encoder", type=float, default=1.0)
-    parser.add_argument("--min-side", type=int, help="skip smaller images (default: the largest resolution)")
+    parser.add_argument(
+        "--min-side",
+        type=int,
+        help="skip images whose shorter side is smaller (default: the smallest --resolution; "
+        "larger resolutions are upsampled, bicubic)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true")
@@ -87,36 +92,40 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
     kind = guess_format(path) if args.format == "auto" else args.format
     if not args.out:
         raise ConfigError("--out is required: a set directory or a bare set name")
-    source = SourceConfig(
-        kind=kind,
-        path=str(path),
-        tag=args.tag,
-        dataset=args.dataset,
-        index=args.index,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        id_column=args.id_column,
-    )
-    return PrepareConfig(
-        source=source,
-        out=args.out,
-        resolutions=tuple(args.resolution or (256,)),
-        vae=VaeConfig(
-            name=args.vae,
-            scaling_factor=args.vae_scaling_factor,
-            shift_factor=args.vae_shift_factor,
-            subfolder=args.vae_subfolder,
-        ),
-        text_encoder=TextEncoderConfig(
-            name=args.text_encoder, max_length=args.max_length or 77, kind=args.text_encoder_kind
-        ),
-        rows_per_shard=args.rows_per_shard,
-        encode_batch_size=args.batch_size,
-        num_encoders=args.encoders,
-        gpus_per_encoder=args.gpus_per_encoder,
-        cpus_per_encoder=args.cpus_per_encoder,
-        min_side=args.min_side,
-        seed=args.seed,
+    source = {
+        "kind": kind,
+        "path": str(path),
+        "tag": args.tag,
+        "dataset": args.dataset,
+        "index": args.index,
+        "image_column": args.image_column,
+        "caption_column": args.caption_column,
+        "id_column": args.id_column,
+    }
+    return PrepareConfig.from_dict(
+        {
+            "source": source,
+            "out": args.out,
+            "resolutions": list(args.resolution or (256,)),
+            "vae": {
+                "name": args.vae,
+                "scaling_factor": args.vae_scaling_factor,
+                "shift_factor": args.vae_shift_factor,
+                "subfolder": args.vae_subfolder,
+            },
+            "text_encoder": {
+                "name": args.text_encoder,
+                "max_length": args.max_length or 77,
+                "kind": args.text_encoder_kind,
+            },
+            "rows_per_shard": args.rows_per_shard,
+            "encode_batch_size": args.batch_size,
+            "num_encoders": args.encoders,
+            "gpus_per_encoder": args.gpus_per_encoder,
+            "cpus_per_encoder": args.cpus_per_encoder,
+            "min_side": args.min_side,
+            "seed": args.seed,
+        }
     )
 
 

@@ -1,4 +1,4 @@
-"""``microdit sweep SPEC [--dry-run]``: run (or resume) an ablation sweep on Ray Tune + Optuna."""
+"""``microdit sweep SPEC [--dry-run] [--allow-changed-spec]``: run (or resume) an ablation sweep on Ray Tune + Optuna."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images-per-s", type=float, default=None,
                         help="throughput for the dry-run prediction (default: assumed MFU 0.5 on GPUs, 20 img/s on CPU)")
     parser.add_argument("--storage", default=None, help="where Tune and trial runs live (default ./microdit_runs)")
+    parser.add_argument("--allow-changed-spec", action="store_true",
+                        help="resume a sweep even though its spec changed since it started (default: refuse)")
     parser.set_defaults(func=run)
 
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from microdit.sweep.runner import run_sweep
 
-    outcome = run_sweep(spec, storage=args.storage)
+    outcome = run_sweep(spec, storage=args.storage, allow_changed_spec=args.allow_changed_spec)
     print(outcome.report)
     print(f"\nsweep {outcome.name}: {outcome.finished} finished, {outcome.stopped_early} stopped early, "
           f"{outcome.failed} failed; spent ${outcome.spent_usd:.4f}; wall {outcome.wall_seconds:.0f} s; "

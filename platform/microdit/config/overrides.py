@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -102,17 +103,33 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths (``phases[0].lr``) where two resolved configs differ: added, removed or changed."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys: list[str] = []
-        for key in list(old) + [k for k in new if k not in old]:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old or key not in new:
-                keys.append(path)
+
+ABSENT = "<absent>"  # config_changes: a key only one side has
+
+
+def config_changes(old: Any, new: Any, path: tuple[Any, ...] = (),
+                   whole: Callable[[tuple[Any, ...]], bool] = lambda path: False) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every difference between two resolved configs (``phases[0].lr``).
+
+    Mappings and equal-length lists are compared item by item, except at paths where ``whole``
+    says so; a key only one side has shows ``ABSENT`` on the other."""
+    from microdit.config.base import dotted
+
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict) and not whole(path):
+        changes = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            if key in old and key in new:
+                changes += config_changes(old[key], new[key], (*path, key), whole)
             else:
-                keys.extend(changed_keys(old[key], new[key], path))
-        return keys
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [k for i, (a, b) in enumerate(zip(old, new)) for k in changed_keys(a, b, f"{prefix}[{i}]")]
-    return [] if old == new else [prefix or "<root>"]
+                changes.append((dotted((*path, key)), old.get(key, ABSENT), new.get(key, ABSENT)))
+        return changes
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and not whole(path):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in config_changes(a, b, (*path, i), whole)]
+    return [(dotted(path) or "config", old, new)]
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """'phases[0].lr: 0.001 -> 0.0005, seed: 0 -> 1' for an error message."""
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)

@@ -23,34 +23,58 @@ Format (every top-level key below; unknown keys are errors)::
 A parameter whose options are all mappings is a *bundle*: its key is a free label and each
 option is a set of dotted overrides applied together (for variants whose keys depend on each
 other, e.g. a masking strategy with its mixer depth).
+
+``SweepSpec`` is a ``StrictModel`` (``config/base.py``): errors read ``sweep <file>:
+budget.max_trials=0: Input should be greater than or equal to 1``. The base recipe is resolved
+(file read, ``overrides`` applied) while validating, so ``spec.to_dict()`` is a self-contained
+spec that ``load_sweep`` accepts again, and ``spec.fingerprint()`` is what a resumed sweep
+compares against the spec it started with (``spec_changes``).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from microdit.config.overrides import apply_overrides, get_path
+from microdit.config.base import FieldError, StrictModel, need, validate_config
+from microdit.config.overrides import apply_overrides, config_changes, get_path
 from microdit.config.recipe import load_recipe_dict
 from microdit.errors import ConfigError
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
-ALGORITHMS = ("tpe", "nsga2", "random", "grid")
-SCHEDULERS = ("none", "asha")
-TOP_LEVEL = ("name", "base", "overrides", "space", "objectives", "trial_budget", "budget", "scheduler", "search",
-             "evaluation", "mlflow_uri", "experiment", "storage_path", "description")
+Distribution = Literal["uniform", "loguniform", "int", "choice", "grid"]
+Algorithm = Literal["tpe", "nsga2", "random", "grid"]
+SchedulerType = Literal["none", "asha"]
+Mode = Literal["min", "max"]
+DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerType)
 SWEEP_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-@dataclass(frozen=True)
-class Parameter:
-    key: str  # dotted recipe path
-    kind: str  # uniform | loguniform | int | choice | grid
-    values: tuple  # (low, high) or the options
+class Parameter(StrictModel):
+    """One swept key: ``kind`` over ``values`` ((low, high) for uniform / loguniform / int)."""
+
+    model_config = ConfigDict(**StrictModel.model_config, frozen=True)
+
+    key: str  # dotted recipe path (a free label for a bundle)
+    kind: Distribution
+    values: tuple[Any, ...]  # (low, high) or the options
 
     def grid_values(self) -> tuple:
         return self.values if self.kind in ("grid", "choice") else ()
@@ -60,35 +84,211 @@ class Parameter:
         return self.kind in ("grid", "choice") and all(isinstance(v, dict) for v in self.values)
 
 
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str
+class Objective(StrictModel):
+    metric: NonEmpty
+    mode: Mode
 
 
-@dataclass
-class SweepSpec:
-    name: str
-    base: dict[str, Any]  # the resolved base recipe (a dict, before sampling)
-    space: list[Parameter]
-    objectives: list[Objective]
-    trial_dollars: float | None = None
-    trial_images: int | None = None
-    budget_dollars: float | None = None
-    max_trials: int = 8
-    max_concurrent: int = 1
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
-    algorithm: str = "tpe"
+class TrialBudget(StrictModel):
+    """Every trial's length: exactly one of dollars or images."""
+
+    dollars: PositiveFloat | None = None
+    images: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TrialBudget:
+        if (self.dollars is None) == (self.images is None):
+            raise ValueError("must be exactly one of {dollars: X} or {images: N}")
+        return self
+
+
+class Budget(StrictModel):
+    dollars: PositiveFloat | None = None  # the whole sweep; the budget guard starts no trial past it
+    max_trials: PositiveInt = 8
+    max_concurrent: PositiveInt = 1
+
+
+class Scheduler(StrictModel):
+    """Trial scheduler; ASHA stops trials early on an intermediate metric (e.g. loss)."""
+
+    type: SchedulerType = "none"
+    metric: str | None = None
+    mode: Mode = "min"
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    max_t: PositiveInt = 10_000
+
+    @model_validator(mode="after")
+    def _asha_metric(self) -> Scheduler:
+        need(self.type != "asha" or bool(self.metric), "metric", self.metric,
+             "asha needs metric (an intermediate metric, e.g. loss) and mode min|max")
+        return self
+
+
+class Search(StrictModel):
+    algorithm: Algorithm = "tpe"  # default when omitted: nsga2 with several objectives, else tpe
     seed: int = 0
-    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluation(StrictModel):
+    """Overrides of the trial's evaluation settings (``microdit.evaluate.pipeline.EvaluationConfig``)."""
+
+    reference: str | None = None
+    num_samples: PositiveInt | None = None
+    steps: PositiveInt | None = None
+    guidance: NonNegativeFloat | None = None
+    seed: int | None = None
+    clip_model: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings the spec gives (``{}`` = evaluate only if an objective needs it)."""
+        return {k: v for k, v in self if v is not None}
+
+
+def _number(value: Any) -> float:
+    """A bound: a number, or a numeric string (YAML 1.1 reads ``1e-4`` as a string)."""
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)  # ValueError / TypeError for anything else
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _parameter(key: str, spec: Any, base: dict[str, Any] | None) -> Parameter:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise FieldError(key, spec, f"must be one mapping like {{choice: [...]}}; kinds: {', '.join(DISTRIBUTIONS)}")
+    kind, values = next(iter(spec.items()))
+    if kind not in DISTRIBUTIONS:
+        raise FieldError(key, kind, f"unknown distribution; allowed: {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(values, list) or not values:
+        raise FieldError(f"{key}.{kind}", values, "must be a non-empty list")
+    bundle = kind in ("grid", "choice") and all(isinstance(v, dict) for v in values)
+    if not bundle and base is not None and not key.startswith("model."):  # model.* may add a field the size leaves default
+        try:
+            get_path(base, key)
+        except ConfigError:
+            raise FieldError(key, spec, "no such key in the base recipe (after overrides)") from None
+    if kind in ("uniform", "loguniform", "int"):
+        try:
+            low, high = (_number(v) for v in values)
+        except (ValueError, TypeError):
+            raise FieldError(f"{key}.{kind}", values, "must be [low, high] numbers with low < high") from None
+        if low >= high:
+            raise FieldError(f"{key}.{kind}", values, "must be [low, high] numbers with low < high")
+        if kind == "loguniform" and low <= 0:
+            raise FieldError(f"{key}.loguniform", values, "low must be > 0")
+        if kind == "int":
+            if not (low.is_integer() and high.is_integer()):
+                raise FieldError(f"{key}.int", values, "bounds must be integers")
+            low, high = int(low), int(high)
+        values = [low, high]
+    return Parameter(key=key, kind=kind, values=tuple(values))
+
+
+class SweepSpec(StrictModel):
+    """A validated sweep; see the module docstring for the YAML format."""
+
+    name: NonEmpty
+    description: str | None = None
+    base: dict[str, Any]  # the resolved base recipe (overrides applied), before sampling
+    overrides: dict[str, Any] = Field(default_factory=dict, exclude=True)  # already applied to base
+    space: list[Parameter]  # YAML: a mapping dotted key -> {kind: values}
+    objectives: Annotated[list[Objective], Field(min_length=1)]
+    trial_budget: TrialBudget
+    budget: Budget = Field(default_factory=Budget)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    search: Search = Field(default_factory=Search)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
     mlflow_uri: str | None = None
-    experiment: str = "microdit-sweeps"
+    experiment: NonEmpty = "microdit-sweeps"
     storage_path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        """Null sections -> defaults; base -> the recipe mapping with overrides; default algorithm."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items()
+                if not (v is None and k in ("overrides", "budget", "scheduler", "search", "evaluation"))}
+        if isinstance(data.get("base"), (str, dict)):
+            try:
+                base = load_recipe_dict(data["base"])
+            except ConfigError as err:
+                raise FieldError("base", data["base"], str(err)) from None
+            overrides = data.get("overrides") or {}
+            if isinstance(overrides, dict):
+                try:
+                    base = apply_overrides(base, overrides)
+                except ConfigError as err:
+                    raise FieldError("overrides", overrides, str(err)) from None
+            data["base"] = base
+        search = data.get("search", {})
+        if isinstance(search, dict) and "algorithm" not in search:
+            several = isinstance(data.get("objectives"), list) and len(data["objectives"]) > 1
+            data["search"] = {**search, "algorithm": "nsga2" if several else "tpe"}
+        return data
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list) and value and all(isinstance(p, Parameter) for p in value):
+            return value
+        if not isinstance(value, dict) or not value:
+            raise ValueError("must map dotted recipe keys to distributions, e.g. {phases[0].lr: {loguniform: [1e-4, 3e-3]}}")
+        base = info.data.get("base")
+        return [_parameter(str(key), spec, base) for key, spec in value.items()]
+
+    @field_serializer("space")
+    def _space_mapping(self, space: list[Parameter]) -> dict[str, Any]:
+        return {p.key: {p.kind: list(p.values)} for p in space}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.algorithm == "grid":
+            bad = [p.key for p in self.space if p.kind not in ("grid", "choice")]
+            need(not bad, "search.algorithm", "grid", f"needs grid/choice values for every key; not for {bad}")
+        else:
+            need(not any(p.kind == "grid" for p in self.space), "search.algorithm", self.algorithm,
+                 "`grid` values need search.algorithm: grid (Optuna samples; use choice)")
+        _validate_trials(self)
+        return self
+
+    # ------------------------------------------------------------------ flat views
+    @property
+    def trial_dollars(self) -> float | None:
+        return self.trial_budget.dollars
+
+    @property
+    def trial_images(self) -> int | None:
+        return self.trial_budget.images
+
+    @property
+    def budget_dollars(self) -> float | None:
+        return self.budget.dollars
+
+    @property
+    def max_trials(self) -> int:
+        return self.budget.max_trials
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.budget.max_concurrent
+
+    @property
+    def algorithm(self) -> str:
+        return self.search.algorithm
+
+    @property
+    def seed(self) -> int:
+        return self.search.seed
 
     @property
     def is_grid(self) -> bool:
         return self.algorithm == "grid"
 
+    # ------------------------------------------------------------------ trials
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of grid/choice values (the trials of a grid search)."""
         keys = [p.key for p in self.space]
@@ -110,33 +310,11 @@ class SweepSpec:
             recipe["max_images"] = self.trial_images
         return recipe
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"sweep {key}={value!r}: {allowed}")
-
-
-def _parameter(key: str, spec: Any, base: dict[str, Any]) -> Parameter:
-    if not isinstance(spec, dict) or len(spec) != 1:
-        _fail(f"space.{key}", spec, f"must be one mapping like {{choice: [...]}}; kinds: {', '.join(DISTRIBUTIONS)}")
-    kind, values = next(iter(spec.items()))
-    if kind not in DISTRIBUTIONS:
-        _fail(f"space.{key}", kind, f"unknown distribution; allowed: {', '.join(DISTRIBUTIONS)}")
-    if not isinstance(values, list) or not values:
-        _fail(f"space.{key}.{kind}", values, "must be a non-empty list")
-    bundle = kind in ("grid", "choice") and all(isinstance(v, dict) for v in values)
-    if not bundle and not key.startswith("model."):  # model.* may add a field the size leaves default
-        get_path(base, key)
-    if kind in ("uniform", "loguniform", "int"):
-        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
-            _fail(f"space.{key}.{kind}", values, "must be [low, high] numbers with low < high")
-        if kind == "loguniform" and values[0] <= 0:
-            _fail(f"space.{key}.loguniform", values, "low must be > 0")
-        if kind == "int" and not all(float(v).is_integer() for v in values):
-            _fail(f"space.{key}.int", values, "bounds must be integers")
-    return Parameter(key, kind, tuple(values))
+    def fingerprint(self) -> dict[str, Any]:
+        """The resolved spec as plain data (``to_dict`` without ``description``), compared on resume."""
+        data = self.to_dict()
+        data.pop("description", None)
+        return data
 
 
 def load_sweep(ref: str | dict[str, Any]) -> SweepSpec:
@@ -155,94 +333,29 @@ def load_sweep(ref: str | dict[str, Any]) -> SweepSpec:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"sweep {where}: expected a mapping")
-    unknown = sorted(set(data) - set(TOP_LEVEL))
-    if unknown:
-        _fail("keys", unknown, f"unknown; allowed: {', '.join(TOP_LEVEL)}")
-    for required in ("name", "base", "space", "objectives"):
-        if required not in data:
-            _fail(required, None, "is required")
-    base = load_recipe_dict(data["base"], data.get("overrides") or {})
-    if not isinstance(data["space"], dict) or not data["space"]:
-        _fail("space", data["space"], "must map dotted recipe keys to distributions")
-    space = [_parameter(k, v, base) for k, v in data["space"].items()]
-
-    objectives = []
-    for i, item in enumerate(data["objectives"] if isinstance(data["objectives"], list) else [None]):
-        if not isinstance(item, dict) or set(item) != {"metric", "mode"} or item.get("mode") not in ("min", "max"):
-            _fail(f"objectives[{i}]", item, "must be {metric: NAME, mode: min|max}")
-        objectives.append(Objective(str(item["metric"]), item["mode"]))
-
-    trial_budget = data.get("trial_budget") or {}
-    if set(trial_budget) - {"dollars", "images"} or len(trial_budget) != 1:
-        _fail("trial_budget", trial_budget, "must be exactly one of {dollars: X} or {images: N}")
-    for key, value in trial_budget.items():
-        if not isinstance(value, (int, float)) or value <= 0:
-            _fail(f"trial_budget.{key}", value, "must be a number > 0")
-
-    budget = data.get("budget") or {}
-    if set(budget) - {"dollars", "max_trials", "max_concurrent"}:
-        _fail("budget", sorted(budget), "allowed keys: dollars, max_trials, max_concurrent")
-    max_trials = budget.get("max_trials", 8)
-    max_concurrent = budget.get("max_concurrent", 1)
-    if not isinstance(max_trials, int) or max_trials < 1:
-        _fail("budget.max_trials", max_trials, "must be an integer >= 1")
-    if not isinstance(max_concurrent, int) or max_concurrent < 1:
-        _fail("budget.max_concurrent", max_concurrent, "must be an integer >= 1")
-    if budget.get("dollars") is not None and (not isinstance(budget["dollars"], (int, float)) or budget["dollars"] <= 0):
-        _fail("budget.dollars", budget["dollars"], "must be a number > 0")
-
-    scheduler = dict(data.get("scheduler") or {"type": "none"})
-    if scheduler.get("type") not in SCHEDULERS:
-        _fail("scheduler.type", scheduler.get("type"), f"allowed: {', '.join(SCHEDULERS)}")
-    if scheduler["type"] == "asha":
-        allowed = {"type", "metric", "mode", "grace_period", "reduction_factor", "max_t"}
-        if set(scheduler) - allowed:
-            _fail("scheduler", sorted(set(scheduler) - allowed), f"unknown keys; allowed: {sorted(allowed)}")
-        if "metric" not in scheduler or scheduler.get("mode", "min") not in ("min", "max"):
-            _fail("scheduler", scheduler, "asha needs metric (an intermediate metric, e.g. loss) and mode min|max")
-
-    search = dict(data.get("search") or {})
-    algorithm = search.get("algorithm", "nsga2" if len(objectives) > 1 else "tpe")
-    if algorithm not in ALGORITHMS:
-        _fail("search.algorithm", algorithm, f"allowed: {', '.join(ALGORITHMS)}")
-    if set(search) - {"algorithm", "seed"}:
-        _fail("search", sorted(search), "allowed keys: algorithm, seed")
-    if algorithm == "grid":
-        bad = [p.key for p in space if p.kind not in ("grid", "choice")]
-        if bad:
-            _fail("search.algorithm", "grid", f"needs grid/choice values for every key; not for {bad}")
-    elif any(p.kind == "grid" for p in space) and algorithm != "grid":
-        _fail("search.algorithm", algorithm, "`grid` values need search.algorithm: grid (Optuna samples; use choice)")
-
-    evaluation = dict(data.get("evaluation") or {})
-    allowed_eval = {"reference", "num_samples", "steps", "guidance", "seed", "clip_model"}
-    if set(evaluation) - allowed_eval:
-        _fail("evaluation", sorted(set(evaluation) - allowed_eval), f"unknown keys; allowed: {sorted(allowed_eval)}")
-    spec = SweepSpec(
-        name=str(data["name"]), base=base, space=space, objectives=objectives,
-        trial_dollars=trial_budget.get("dollars"), trial_images=trial_budget.get("images"),
-        budget_dollars=budget.get("dollars"), max_trials=max_trials, max_concurrent=max_concurrent,
-        scheduler=scheduler, algorithm=algorithm, seed=int(search.get("seed", 0)), evaluation=evaluation,
-        mlflow_uri=data.get("mlflow_uri"), experiment=data.get("experiment", "microdit-sweeps"),
-        storage_path=data.get("storage_path"),
-    )
-    _validate_trials(spec)
-    return spec
+    try:
+        return validate_config(SweepSpec, data)
+    except ConfigError as err:
+        raise ConfigError(f"sweep {where}: {err}") from None
 
 
 def _validate_trials(spec: SweepSpec) -> None:
     """Every corner of the space must give a valid recipe: fail now, not in trial 5."""
     from microdit.config.recipe import RecipeConfig
 
-    corners: list[dict[str, Any]] = []
+    corners: list[list[tuple[str, Any]]] = []
     for p in spec.space:
         options = p.values if p.kind in ("grid", "choice") else (p.values[0], p.values[1])
-        if p.kind == "int":
-            options = tuple(int(v) for v in options)
         corners.append([(p.key, v) for v in options])
     for combo in itertools.islice(itertools.product(*corners), 256):
         values = dict(combo)
         try:
             RecipeConfig.from_dict(spec.trial_recipe(values, "validate"))
         except ConfigError as err:
-            raise ConfigError(f"sweep space gives an invalid recipe for {values}: {err}") from None
+            raise ConfigError(f"space gives an invalid recipe for {values}: {err}") from None
+
+
+def spec_changes(old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every difference between two fingerprints: a swept key is
+    compared as a whole (``space.phases[0].mask_ratio``), the rest item by item (``base.phases[0].lr``)."""
+    return config_changes(old, new, whole=lambda path: len(path) == 2 and path[0] == "space")

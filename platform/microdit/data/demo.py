@@ -28,7 +28,7 @@ from pathlib import Path
 from microdit.config.data import PrepareConfig, SourceConfig, TextEncoderConfig, VaeConfig
 from microdit.data.emoji import available_emoji
 from microdit.data.manifest import MANIFEST, data_root, load_manifest
-from microdit.data.prepare import content_fingerprint, prepare
+from microdit.data.prepare import content_fingerprint, prepare, recorded_fingerprint
 from microdit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,6 @@ def ensure_demo_sets(
 
 
 def _settings_differ(out: Path, config: PrepareConfig) -> bool:
-    recorded = load_manifest(out).prepare
+    recorded = recorded_fingerprint(load_manifest(out).prepare)
     wanted = content_fingerprint(config)
     return any(recorded.get(key) != value for key, value in wanted.items())

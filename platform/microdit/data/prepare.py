@@ -4,8 +4,10 @@ Pipeline (one Ray Data dataset, streamed; on CPU-only clusters Ray fuses the dec
 the encoder actors because their resources match, on GPU clusters decoding runs in CPU tasks):
 
     units (from_items, one row per unit)
-      -> decode_unit      CPU tasks: load, decode, skip bad items by reason, resize shorter side
-                          (bicubic, antialiased) + center crop at every resolution -> uint8 pixels
+      -> decode_unit      CPU tasks: load, decode, skip bad items by reason (``too_small``: shorter
+                          side < min_side, default the smallest resolution), resize shorter side
+                          (bicubic, antialiased; images smaller than a resolution are upsampled)
+                          + center crop at every resolution -> uint8 pixels
       -> EncodeAndWrite   actor pool (``num_encoders`` actors, ``gpus_per_encoder`` each): VAE on
                           [-1, 1] images and text encoder on captions in ``encode_batch_size``
                           micro-batches, fp16 -> one shard written atomically -> a summary row
@@ -25,7 +27,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -86,11 +88,29 @@ class PrepareSummary:
 
 
 def content_fingerprint(config: PrepareConfig) -> dict[str, Any]:
-    """The parts of a config that decide a set's contents (compared on resume)."""
+    """The parts of a config that decide a set's contents (compared on resume).
+
+    ``min_side`` is recorded resolved (``effective_min_side``), so a set's manifest says which
+    images it kept whatever default was in force when it was made.
+    """
     data = config.to_dict()
     for name in _RUNTIME_FIELDS:
         data.pop(name)
     data.pop("out")
+    data["min_side"] = config.effective_min_side
+    return data
+
+
+def recorded_fingerprint(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's ``prepare`` fingerprint, comparable with ``content_fingerprint``.
+
+    Sets made before ``min_side`` was recorded resolved hold ``min_side: null``, which then meant
+    max(resolutions): resolve it that way (identical for single-resolution sets, and a
+    multi-resolution set filtered at its largest size is rightly reported as different).
+    """
+    data = dict(recorded)
+    if data.get("min_side") is None and data.get("resolutions"):
+        data["min_side"] = max(data["resolutions"])
     return data
 
 
@@ -118,10 +138,11 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
     if (out / MANIFEST).exists():
         previous = load_manifest(out)
         created, seconds_before = previous.created, previous.seconds
-        if previous.prepare != fingerprint:
+        recorded = recorded_fingerprint(previous.prepare)
+        if recorded != fingerprint:
             raise ConfigError(
                 f"{out} was prepared with other settings or another source "
-                f"({_diff(previous.prepare, fingerprint)}); use a new --out or delete the directory"
+                f"({_diff(recorded, fingerprint)}); use a new --out or delete the directory"
             )
         if previous.complete:
             return PrepareSummary(
@@ -147,7 +168,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
             batch_size=1,
             batch_format="pyarrow",
             fn_kwargs={
-                "source": asdict(config.source),
+                "source": config.source.to_dict(),
                 "resolutions": list(config.resolutions),
                 "min_side": config.effective_min_side,
                 "dataset": dataset,
@@ -189,7 +210,7 @@ def decode_unit(
     """One unit of refs -> one row: kept items' keys/captions/sizes + uint8 pixels per resolution."""
     unit = batch.column("unit")[0].as_py()
     refs = json.loads(batch.column("refs")[0].as_py())
-    src = open_source(SourceConfig(**source), image_size=max(resolutions))
+    src = open_source(SourceConfig.from_dict(source), image_size=max(resolutions))
     kept: dict[str, list] = {"key": [], "caption": [], "width": [], "height": []}
     pixels: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
     skipped: Counter[str] = Counter()

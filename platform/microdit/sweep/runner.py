@@ -3,20 +3,27 @@
 Resume: the Tune experiment lives at ``<storage>/<sweep name>``; running the same command again
 restores it (``Tuner.restore(..., resume_errored=True)``), the Optuna study continues from its
 journal file, and trials reuse their MLflow runs (found by run name), so nothing is duplicated.
+The resolved spec is stored beside it (``spec.json``) on every start; a resume whose spec differs
+is refused with the changed keys, unless ``allow_changed_spec`` (``--allow-changed-spec``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from microdit.config.sweep import SweepSpec
+from microdit.config.sweep import SweepSpec, spec_changes
+from microdit.errors import ConfigError
 from microdit.tracking import finish_run, get_or_create_run, log_params, tracking_uri
 
 log = logging.getLogger(__name__)
+SPEC_FILE = "spec.json"  # the resolved spec (``SweepSpec.fingerprint()``) in the sweep's directory
 
 
 @dataclass
@@ -47,7 +54,7 @@ def first_corner(spec: SweepSpec) -> dict:
     return {p.key: p.values[0] for p in spec.space}
 
 
-def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
+def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec: bool = False) -> SweepOutcome:
     from ray import tune
 
     from microdit.sweep.report import sweep_report
@@ -56,6 +63,11 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
     from microdit.train.trainer import connect_ray, ensure_data
 
     started = time.perf_counter()
+    root = Path(storage or spec.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs")).resolve()
+    sweep_dir = root / "sweeps" / spec.name
+    experiment_path = str(sweep_dir / "tune")
+    resuming = tune.Tuner.can_restore(experiment_path)
+    record_spec(sweep_dir, spec, resuming=resuming, allow_changed_spec=allow_changed_spec)
     # Intermediate results (training metrics forwarded from the workers) carry no FID yet; the
     # objectives arrive with the trial's final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -63,8 +75,6 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
     from microdit.config.recipe import RecipeConfig
 
     ensure_data(RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe")))
-    root = Path(storage or spec.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs")).resolve()
-    sweep_dir = root / "sweeps" / spec.name
     uri = tracking_uri(spec.mlflow_uri)
     parent_run_id, created = get_or_create_run(uri, spec.experiment, spec.name, "sweep",
                                                tags={"microdit.sweep_dir": str(sweep_dir)})
@@ -77,21 +87,20 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})
     config = {"spec_dict": spec_source(spec), "mlflow_uri": uri, "parent_run_id": parent_run_id,
               "train_storage": str(root / "trials")}
-    experiment_path = str(sweep_dir / "tune")
-    if tune.Tuner.can_restore(experiment_path):
+    if resuming:
         log.info("resuming sweep %s from %s", spec.name, experiment_path)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True, param_space=config)
     else:
         searcher = build_searcher(spec, sweep_dir, predicted_trial_dollars(spec))
         scheduler = None
-        if spec.scheduler["type"] == "asha":
+        if spec.scheduler.type == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(metric=spec.scheduler["metric"], mode=spec.scheduler.get("mode", "min"),
+            scheduler = ASHAScheduler(metric=spec.scheduler.metric, mode=spec.scheduler.mode,
                                       time_attr="training_iteration",
-                                      grace_period=spec.scheduler.get("grace_period", 1),
-                                      reduction_factor=spec.scheduler.get("reduction_factor", 2),
-                                      max_t=spec.scheduler.get("max_t", 10_000))
+                                      grace_period=spec.scheduler.grace_period,
+                                      reduction_factor=spec.scheduler.reduction_factor,
+                                      max_t=spec.scheduler.max_t)
         import ray.tune
 
         tuner = tune.Tuner(
@@ -109,17 +118,52 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None) -> SweepOutcome:
 
 def spec_source(spec: SweepSpec) -> dict:
     """The spec as a self-contained mapping (base recipe inlined) for trials on any node."""
-    data = {
-        "name": spec.name, "base": spec.base,
-        "space": {p.key: {p.kind: list(p.values)} for p in spec.space},
-        "objectives": [{"metric": o.metric, "mode": o.mode} for o in spec.objectives],
-        "trial_budget": {"dollars": spec.trial_dollars} if spec.trial_dollars is not None else
-        {"images": spec.trial_images},
-        "budget": {"max_trials": spec.max_trials, "max_concurrent": spec.max_concurrent,
-                   **({"dollars": spec.budget_dollars} if spec.budget_dollars is not None else {})},
-        "scheduler": spec.scheduler, "search": {"algorithm": spec.algorithm, "seed": spec.seed},
-        "evaluation": spec.evaluation, "experiment": spec.experiment,
-    }
-    if spec.mlflow_uri:
-        data["mlflow_uri"] = spec.mlflow_uri
-    return data
+    return spec.to_dict()
+
+
+def record_spec(sweep_dir: Path, spec: SweepSpec, *, resuming: bool, allow_changed_spec: bool = False) -> None:
+    """Store the resolved spec in ``sweep_dir``; on a resume, refuse one that changed.
+
+    A resumed sweep keeps its searcher state, finished trials and budget accounting, so a changed
+    space, objective or budget would silently mix two experiments: the ``ConfigError`` names every
+    changed key (``space.phases[0].mask_ratio``, ``budget.dollars``). ``allow_changed_spec`` resumes
+    anyway (logged) and records the new spec.
+    """
+    path = sweep_dir / SPEC_FILE
+    new = spec.fingerprint()
+    if resuming and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"sweep {spec.name}: cannot read the stored spec {path} ({err})") from None
+        changes = spec_changes(old, new)
+        if not changes:
+            return
+        listing = "; ".join(f"{key}: {_short(a)} -> {_short(b)}" for key, a, b in changes)
+        if not allow_changed_spec:
+            raise ConfigError(
+                f"sweep {spec.name}: the spec changed since this sweep started ({path}): {listing}. "
+                "Resume with the same spec, start a new sweep (another name or --storage), "
+                "or pass --allow-changed-spec to resume with the new one"
+            )
+        log.warning("sweep %s resumes with a changed spec (--allow-changed-spec): %s", spec.name, listing)
+    _write_json_atomic(path, new)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -61,9 +61,9 @@ def run_trial(config: dict[str, Any]) -> None:
                                  "images_seen": float(summary.images_seen), "train_seconds": summary.wall_seconds}
     if summary.first_step_wall:  # Tune + TorchTrainer start-up until the first optimizer step
         metrics["startup_seconds"] = summary.first_step_wall - trial_started
-    needs_eval = bool(spec.evaluation) or any(o.metric.startswith(("fid", "clip")) for o in spec.objectives)
+    needs_eval = bool(spec.evaluation.overrides()) or any(o.metric.startswith(("fid", "clip")) for o in spec.objectives)
     if summary.weights and needs_eval:
-        evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation})
+        evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
         results = evaluate_weights(summary.weights, evaluation)
         # Evaluation time is billed like training: the trial holds its devices meanwhile.
         price = recipe.resources.hourly_price * recipe.resources.billed_devices

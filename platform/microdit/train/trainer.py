@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from microdit.config.model import ModelConfig
-from microdit.config.overrides import changed_keys, flatten
+from microdit.config.overrides import config_changes, describe_changes, flatten
 from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.errors import ConfigError
 from microdit.tracking import client, find_run, finish_run, get_or_create_run, log_params, tracking_uri
@@ -129,9 +129,9 @@ def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
         log.warning("run %s has no stored %s: cannot check that the resumed recipe is unchanged", run_id,
                     RECIPE_ARTIFACT)
         return
-    changed = changed_keys(stored, recipe.to_dict())
+    changed = config_changes(stored, recipe.to_dict())
     if changed:
-        raise ConfigError(f"run {recipe.name!r} exists with a different recipe (changed: {', '.join(changed)}); "
+        raise ConfigError(f"run {recipe.name!r} exists with a different recipe (changed: {describe_changes(changed)}); "
                           "resuming would mix two configurations. Use a new name, restore the old values, "
                           "or pass --allow-changed-recipe to resume anyway")
 
