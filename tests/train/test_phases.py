@@ -162,6 +162,14 @@ def test_sampling_defaults_are_the_official_30_steps_guidance_5():
     assert deviation_from_official(30, 5.0) is None
     assert deviation_from_official(12, 3.0) == "12 Heun steps, guidance 3 (official monitoring: 30 / 5)"
 
+    from microdit.config.sweep import load_sweep
+    from microdit.sweep.plan import evaluation_protocol_note
+
+    assert evaluation_protocol_note(load_sweep("mask_ratio")) is None  # 30 / 5: nothing to name
+    assert evaluation_protocol_note(load_sweep("quickstart")) == (
+        "trials are evaluated with 12 Heun steps, guidance 3 (official monitoring: 30 / 5): compare their FIDs "
+        "only with FIDs of the same protocol")
+
 
 # ---------------------------------------------------------------- the loop applies all of it
 def _checkpoint_states(run_dir: Path) -> dict[int, dict]:
@@ -219,4 +227,4 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     changed = tiny_recipe(train_demo, tmp_path, "phases", {**overrides, "phases[0].lr": 5e-4})
     with pytest.raises(ConfigError) as info:
         run_training(changed)
-    assert "run 'phases' exists with a different recipe (changed: phases[0].lr: 0.001 -> 0.0005); " in str(info.value)
+    assert "run 'phases' exists with a different recipe (changed: phases[0].lr: 8e-05 -> 0.0005); " in str(info.value)

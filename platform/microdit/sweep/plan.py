@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 
-from microdit.config.recipe import RecipeConfig
+from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.config.sweep import SweepSpec
 from microdit.sweep.pareto import format_table
 from microdit.train.predict import predict
@@ -63,4 +63,17 @@ def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
     if spec.budget_dollars is not None:
         lines.append(f"sweep budget: ${spec.budget_dollars:,.4f} — the budget guard starts no trial once spent + "
                      "committed would pass it")
+    note = evaluation_protocol_note(spec)
+    if note:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def evaluation_protocol_note(spec: SweepSpec) -> str | None:
+    """Names the deviation when the spec samples with other than the official 30 steps / guidance 5."""
+    from microdit.evaluate.pipeline import EvaluationConfig
+
+    evaluation = EvaluationConfig(**spec.evaluation.overrides())
+    deviation = deviation_from_official(evaluation.steps, evaluation.guidance)
+    return f"trials are evaluated with {deviation}: compare their FIDs only with FIDs of the same protocol" \
+        if deviation else None

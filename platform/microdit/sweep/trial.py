@@ -13,7 +13,7 @@ from typing import Any
 
 from ray import tune
 
-from microdit.config.recipe import RecipeConfig
+from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.config.sweep import load_sweep
 from microdit.sweep.search import param_name
 
@@ -73,6 +73,10 @@ def run_trial(config: dict[str, Any]) -> None:
     mlflow_client = client(uri)
     for key, value in metrics.items():
         mlflow_client.log_metric(summary.mlflow_run_id, key, value)
+    if needs_eval:
+        deviation = deviation_from_official(evaluation.steps, evaluation.guidance) if summary.weights else None
+        mlflow_client.set_tag(summary.mlflow_run_id, "microdit.eval_protocol",
+                              deviation or "official: 30 Heun steps, guidance 5")
     mlflow_client.set_tag(summary.mlflow_run_id, "microdit.trial_status", "finished")
     finish_run(uri, summary.mlflow_run_id, "FINISHED")
     tune.report({**metrics, "budget_done": 1.0, "mlflow_run_id": summary.mlflow_run_id})
