@@ -140,3 +140,19 @@ class AsyncLogger:
         self._queue.put(None)
         self._thread.join(timeout=120)
         return self._errors
+
+
+def log_final_metrics(uri: str, run_id: str, metrics: dict[str, float], last_step: int) -> int:
+    """Log a run's authoritative final numbers one step past its last training step, so MLflow's
+    "latest" value of every key (the one with the highest step) is the final one. Returns the step."""
+    import time as _time
+
+    from mlflow.entities import Metric
+
+    step = int(last_step) + 1
+    now = int(_time.time() * 1000)
+    items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    mlflow_client = client(uri)
+    for start in range(0, len(items), 500):
+        mlflow_client.log_batch(run_id, metrics=items[start:start + 500])
+    return step

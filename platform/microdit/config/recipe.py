@@ -122,7 +122,8 @@ class ResourcesConfig(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 0.5  # small on CPU boxes: Ray Data read tasks need the rest
     gpus_per_worker: PositiveFloat = 1.0
-    accelerator: str = "CPU"  # key into the price / peak tables
+    accelerator: str = "CPU"  # key into the price / peak tables; on GPUs also Ray's accelerator_type request
+    request_accelerator_type: bool = True  # false: schedule on any GPU (the price/MFU may then be wrong)
     price_per_hour: NonNegativeFloat | None = None  # $ per accelerator-hour; None = PRICE_PER_HOUR[accelerator]
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards grads and optimizer state (SHARD_GRAD_OP)
     compile: bool = False

@@ -54,9 +54,11 @@ _STRING_KEYS = {"caption": CAPTION, "id": ID, "source": SOURCE, "dataset": DATAS
 
 
 def read_set(
-    path: str | os.PathLike, columns: list[str] | None = None, resolution: int | None = None
+    path: str | os.PathLike, columns: list[str] | None = None, resolution: int | None = None,
+    max_rows: int | None = None,
 ) -> dict[str, Any]:
-    """Every row of a prepared set as numpy arrays / lists (see the module docstring)."""
+    """Every row of a prepared set as numpy arrays / lists (see the module docstring); with
+    ``max_rows``, only the first rows, read row group by row group (never a full scan)."""
     directory = resolve_set_path(path)
     manifest = load_manifest(directory)
     wanted = list(KEYS) if columns is None else list(columns)
@@ -79,9 +81,10 @@ def read_set(
         else:
             arrow_cols.add({"text_emb": TEXT_EMB, "width": WIDTH, "height": HEIGHT}[key])
 
-    tables = [
-        pq.read_table(directory / s["file"], columns=sorted(arrow_cols)) for s in manifest.data_shards()
-    ]
+    if max_rows is None:
+        tables = [pq.read_table(directory / s["file"], columns=sorted(arrow_cols)) for s in manifest.data_shards()]
+    else:
+        tables = _first_rows(directory, manifest.data_shards(), sorted(arrow_cols), max_rows)
     table = pa.concat_tables(tables) if tables else None
     out: dict[str, Any] = {}
     for key in wanted:
@@ -100,6 +103,22 @@ def read_set(
         else:
             out[key] = _numbers(table, {"width": WIDTH, "height": HEIGHT}[key], np.int32)
     return out
+
+
+def _first_rows(directory, shards: list[dict[str, Any]], columns: list[str], max_rows: int) -> list[pa.Table]:
+    """Row groups from the first shards until ``max_rows`` rows (the last one sliced)."""
+    tables, rows = [], 0
+    for shard in shards:
+        if rows >= max_rows:
+            break
+        parquet = pq.ParquetFile(directory / shard["file"])
+        for group in range(parquet.num_row_groups):
+            if rows >= max_rows:
+                break
+            table = parquet.read_row_group(group, columns=columns)
+            tables.append(table.slice(0, max_rows - rows))
+            rows += tables[-1].num_rows
+    return tables
 
 
 def _tensor(table: pa.Table | None, column: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -59,7 +59,8 @@ def evaluate_and_log(recipe: RecipeConfig, model_config: ModelConfig, weights: d
 
 
 def sample_grid(recipe: RecipeConfig, model: torch.nn.Module, path: Path) -> Path:
-    """Fixed prompts (the first training captions) and fixed seeds, decoded with the set's VAE."""
+    """Fixed prompts (the set's first 16 captions, read from its first row group: a phase end never
+    scans a multi-TB training set) and fixed seeds, decoded with the set's VAE."""
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
     from microdit.evaluate.generate import LatentDecoder, generate
@@ -69,7 +70,7 @@ def sample_grid(recipe: RecipeConfig, model: torch.nn.Module, path: Path) -> Pat
     manifest = load_manifest(resolve_set_path(ref))
     resolution = recipe.phases[-1].resolution if recipe.phases[-1].resolution in manifest.resolutions \
         else manifest.resolutions[0]
-    rows = read_set(ref, ["text_emb", "caption"], resolution=resolution)
+    rows = read_set(ref, ["text_emb", "caption"], resolution=resolution, max_rows=GRID_SAMPLES)  # never a full scan
     count = min(GRID_SAMPLES, len(rows["caption"]))
     text = torch.from_numpy(rows["text_emb"][:count].astype(np.float32))
     latent = resolution // recipe.vae_factor

@@ -23,7 +23,15 @@ from microdit.config.model import ModelConfig
 from microdit.config.overrides import config_changes, describe_changes, flatten
 from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.errors import ConfigError
-from microdit.tracking import client, find_run, finish_run, get_or_create_run, log_params, tracking_uri
+from microdit.tracking import (
+    client,
+    find_run,
+    finish_run,
+    get_or_create_run,
+    log_final_metrics,
+    log_params,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 DEMO_SETS = ("demo_real", "demo_synthetic", "demo_real_heldout")
@@ -109,6 +117,20 @@ def resolve_model(recipe: RecipeConfig) -> tuple[ModelConfig, int]:
     return recipe.architecture(**overrides), caption_len
 
 
+def scaling_kwargs(resources) -> dict[str, Any]:
+    """``ScalingConfig`` arguments: workers, per-worker CPUs/GPUs and, on GPUs, the accelerator type
+    the price and MFU assume (Ray schedules the workers only on nodes with that GPU, so an L4 is
+    never billed and scored as an H100)."""
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    kwargs: dict[str, Any] = {"num_workers": resources.num_workers, "use_gpu": resources.use_gpu,
+                              "resources_per_worker": per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+        if resources.request_accelerator_type:
+            kwargs["accelerator_type"] = resources.accelerator
+    return kwargs
+
+
 def storage_path(recipe: RecipeConfig) -> str:
     return os.path.abspath(recipe.tracking.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs"))
 
@@ -138,9 +160,10 @@ def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
 
 def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
                  callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None,
-                 allow_changed_recipe: bool = False) -> TrainSummary:
+                 allow_changed_recipe: bool = False, log_final: bool = True) -> TrainSummary:
     """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED).
-    A run name that exists resumes it, but only with the recipe it started with (unless allowed)."""
+    A run name that exists resumes it, but only with the recipe it started with (unless allowed).
+    ``log_final=False``: the caller (a sweep trial) logs the final metrics itself, evaluation included."""
     import time
 
     import ray.train
@@ -170,15 +193,10 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     output_dir = Path(storage) / name / "final"
     config = {"recipe": recipe.to_dict(), "model_config": model_config.to_dict(), "caption_len": caption_len,
               "mlflow_uri": uri, "mlflow_run_id": run_id, "output_dir": str(output_dir)}
-    resources = recipe.resources
-    per_worker = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-                                               resources_per_worker=per_worker),
+        scaling_config=ray.train.ScalingConfig(**scaling_kwargs(recipe.resources)),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=recipe.tracking.max_failures),
@@ -202,9 +220,11 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
         mlflow_client.log_artifact(run_id, str(recipe_file))
     if outcome.get("weights"):
         mlflow_client.log_artifact(run_id, outcome["weights"], "weights")
-    for key in ("cost_usd", "gpu_hours", "images_seen", "global_step"):
-        if key in outcome:
-            mlflow_client.log_metric(run_id, f"final/{key}", float(outcome[key]))
+    if log_final:
+        final = {f"final/{key}": float(outcome[key]) for key in ("cost_usd", "gpu_hours", "images_seen", "global_step")
+                 if key in outcome}
+        final["final/train_usd"] = float(outcome.get("cost_usd", 0.0))
+        log_final_metrics(uri, run_id, {**final, "cost_usd": final["final/train_usd"]}, int(outcome.get("global_step", 0)))
     mlflow_client.set_tag(run_id, "microdit.ray_run_path", str(Path(storage) / name))
     finish_run(uri, run_id, "FINISHED")
     return TrainSummary(run_name=name, mlflow_run_id=run_id, storage=str(Path(storage) / name),
