@@ -22,35 +22,64 @@ def children(uri: str, parent_id: str):
     return mlflow_client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
-def test_two_trial_sweep_end_to_end(tiny_demo, tmp_path):
-    spec = load_sweep(tiny_spec(tiny_demo, tmp_path, "e2e"))
-    outcome = run_sweep(spec)
-    assert (outcome.finished, outcome.stopped_early, outcome.failed) == (2, 0, 0)
-    assert outcome.spent_usd > 0
+def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp_path, capsys):
+    """One trial finishes, one fails on purpose. The report's cost is the trial's logged final cost
+    (training + evaluation, MLflow's latest value), the total is the trials plus the driver's shared
+    overhead, the failure is counted and `microdit sweep` exits 1; `microdit compare` writes nothing."""
+    from microdit.cli.main import main
+    from microdit.sweep.accounting import FINAL_COST
 
+    data = tiny_spec(tiny_demo, tmp_path, "e2e")
+    data["space"] = {"variant": {"grid": [
+        {"phases[0].mask_ratio": 0.0},
+        {"phases[0].mask_ratio": 0.5, "debug.fail_at_step": 1, "tracking.max_failures": 0},
+    ]}}
+    spec_file = tmp_path / "e2e.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(spec_file)]) == 1
+    captured = capsys.readouterr()
+    assert "1 finished, 0 stopped early, 1 failed" in captured.out
+    assert "1 trial(s) failed" in captured.err
+
+    spec = load_sweep(str(spec_file))
     uri = spec.mlflow_uri
+    mlflow_client = client(uri)
     parent_id = find_run(uri, spec.experiment, "e2e")
-    parent = client(uri).get_run(parent_id)
+    parent = mlflow_client.get_run(parent_id)
     assert parent.data.tags[KIND_TAG] == "sweep" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["trials_finished"] == 2
-    artifacts = {a.path for a in client(uri).list_artifacts(parent_id)}
-    assert {"pareto.txt", "pareto.png"} <= artifacts
+    assert parent.data.metrics["trials_finished"] == 1
+    overhead = parent.data.metrics["overhead_usd"]
+    assert overhead > 0 and parent.data.metrics["overhead_seconds"] > 0  # data + FID reference stats, once
+    assert {"pareto.txt", "pareto.png"} <= {a.path for a in mlflow_client.list_artifacts(parent_id)}
 
-    runs = children(uri, parent_id)
-    assert len(runs) == 2
-    ratios = sorted(float(r.data.params["sweep.phases.0.mask_ratio"]) for r in runs)
-    assert ratios == [0.0, 0.5]
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["microdit.trial_status"] == "finished" and run.data.tags["tune.trial_id"]
-        assert run.data.metrics["images_seen"] == 24  # 3 steps x batch 8 = the per-trial image budget
-        assert 0 < run.data.metrics["fid_8"] < 1e4 and run.data.metrics["cost_usd"] > 0
-        assert run.data.metrics["loss"] > 0  # step metrics logged by rank 0 into the child run
+    runs = {r.data.tags["microdit.trial_status"]: r for r in children(uri, parent_id)}
+    assert sorted(runs) == ["failed", "finished"]
+    good, bad = runs["finished"], runs["failed"]
+    assert bad.info.status == "FAILED" and bad.data.tags["tune.trial_id"]
+    metrics = good.data.metrics
+    assert metrics[FINAL_COST] == pytest.approx(metrics["final/train_usd"] + metrics["final/eval_usd"], rel=1e-12)
+    assert metrics["cost_usd"] == metrics[FINAL_COST]  # MLflow's latest value is the final one
+    assert metrics["final/eval_usd"] > 0 and metrics["final/train_usd"] > 0
+    assert metrics["images_seen"] == metrics["final/images_seen"] == 24  # 3 steps x batch 8 = the budget
+    history = mlflow_client.get_metric_history(good.info.run_id, "cost_usd")
+    assert max(history, key=lambda m: m.step).value == metrics[FINAL_COST]
+    assert 0 < metrics["fid_8"] < 1e4 and metrics["fid_8_std"] > 0
+    assert metrics["loss"] > 0  # step metrics logged by rank 0 into the child run
 
-    # `microdit compare` rebuilds the same table from MLflow alone
-    again = compare("e2e", uri, spec.experiment)
-    assert again.finished == 2 and len(again.rows) == 2 and len(again.front) >= 1
-    assert "Pareto front" in again.text and "best fid_8" in again.text
+    report = compare("e2e", uri, spec.experiment)
+    (row,) = [r for r in report.rows if r["status"] == "finished"]
+    assert row["cost_usd"] == metrics[FINAL_COST]
+    failed_row = next(r for r in report.rows if r["status"] == "failed")
+    assert report.spent_usd == pytest.approx(row["cost_usd"] + failed_row["cost_usd"] + overhead, rel=1e-12)
+    assert (report.finished, report.failed) == (1, 1) and len(report.configs) == 1 and report.front == [0]
+    assert f"${report.spent_usd:.4f}" in report.text and "best fid_8" in report.text
+
+    # compare is read-only: the parent run's metrics and artifacts are untouched
+    before = (mlflow_client.get_run(parent_id).data.metrics, len(mlflow_client.get_metric_history(parent_id, "spent_usd")))
+    compare("e2e", uri, spec.experiment)
+    assert main(["compare", "e2e", "--mlflow-uri", uri, "--experiment", spec.experiment]) == 0
+    after = (mlflow_client.get_run(parent_id).data.metrics, len(mlflow_client.get_metric_history(parent_id, "spent_usd")))
+    assert after == before
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("sweep", help="the sweep's name (its spec's `name`)")
     parser.add_argument("--mlflow-uri", default=None, help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="microdit-sweeps")
+    parser.add_argument("--write", action="store_true",
+                        help="also log the table and plot to the sweep's MLflow run (default: read-only)")
     parser.set_defaults(func=run)
 
 
@@ -17,5 +19,5 @@ def run(args: argparse.Namespace) -> int:
     from microdit.sweep.report import compare
     from microdit.tracking import tracking_uri
 
-    print(compare(args.sweep, tracking_uri(args.mlflow_uri), args.experiment).text)
+    print(compare(args.sweep, tracking_uri(args.mlflow_uri), args.experiment, write=args.write).text)
     return 0

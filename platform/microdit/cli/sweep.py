@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -33,4 +34,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsweep {outcome.name}: {outcome.finished} finished, {outcome.stopped_early} stopped early, "
           f"{outcome.failed} failed; spent ${outcome.spent_usd:.4f}; wall {outcome.wall_seconds:.0f} s; "
           f"MLflow parent run {outcome.parent_run_id}")
+    if outcome.failed:
+        print(f"microdit sweep: {outcome.failed} trial(s) failed (their errors are in the Tune results and the "
+              "MLflow child runs); run the command again to retry them", file=sys.stderr)
+        return 1
     return 0

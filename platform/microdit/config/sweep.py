@@ -145,6 +145,50 @@ class Evaluation(StrictModel):
         return {k: v for k, v in self if v is not None}
 
 
+class Finetune(StrictModel):
+    """The paper's protocol: every trial ends with the same unmasked fine-tune, inside its budget.
+
+    Its length is in the trial budget's unit (dollars or images); the trial's last swept phase is
+    cut to the budget minus the fine-tune. The fine-tune phase copies the last phase, then sets
+    mask_ratio 0, a constant LR without warmup and these fields."""
+
+    dollars: PositiveFloat | None = None
+    images: PositiveInt | None = None
+    resolution: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    micro_batch: PositiveInt | None = None  # unmasked steps hold ~4x the activations of 75%-masked ones
+    mask_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    ema_half_life_images: PositiveFloat | None = None
+    ema_start_images: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _length(self) -> Finetune:
+        need((self.dollars is None) != (self.images is None), "dollars/images", [self.dollars, self.images],
+             "give exactly one fine-tune length, in the trial budget's unit")
+        return self
+
+    def apply(self, phases: list[dict[str, Any]], budget_unit: str, budget: float) -> list[dict[str, Any]]:
+        """The trial's phases: the last one cut to ``budget`` minus the fine-tune, then the fine-tune."""
+        length = getattr(self, budget_unit)
+        need(length is not None, budget_unit, None,
+             f"the fine-tune must be given in the trial budget's unit ({budget_unit}) so both fit the budget")
+        need(length < budget, budget_unit, length, f"must be below the trial budget ({budget})")
+        lengths = ("steps", "images", "dollars")
+        swept = {k: v for k, v in phases[-1].items() if k not in lengths}
+        remaining = budget - length
+        swept[budget_unit] = remaining if budget_unit == "dollars" else int(remaining)
+        finetune = {**swept, "name": "finetune", "mask_ratio": self.mask_ratio, "lr_schedule": "constant",
+                    "warmup_steps": 0, "optimizer_state": "keep", budget_unit: length}
+        finetune.pop("masking", None)  # the model's own strategy (at ratio 0: every patch is seen)
+        for key in ("resolution", "lr", "micro_batch", "ema_half_life_images"):
+            if getattr(self, key) is not None:
+                finetune[key] = getattr(self, key)
+        finetune["ema_start_images"] = self.ema_start_images
+        if self.ema_half_life_images is None:
+            finetune.pop("ema_half_life_images", None)
+        return [*phases[:-1], swept, finetune]
+
+
 def _number(value: Any) -> float:
     """A bound: a number, or a numeric string (YAML 1.1 reads ``1e-4`` as a string)."""
     if isinstance(value, bool):
@@ -200,6 +244,8 @@ class SweepSpec(StrictModel):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     search: Search = Field(default_factory=Search)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    finetune: Finetune | None = None  # the paper's protocol: an unmasked fine-tune ends every trial
+    seeds: PositiveInt = 1  # replicates per configuration (seed, seed+1, ...): the report shows mean ± std
     mlflow_uri: str | None = None
     experiment: NonEmpty = "microdit-sweeps"
     storage_path: str | None = None
@@ -211,7 +257,7 @@ class SweepSpec(StrictModel):
         if not isinstance(data, dict):
             return data
         data = {k: v for k, v in data.items()
-                if not (v is None and k in ("overrides", "budget", "scheduler", "search", "evaluation"))}
+                if not (v is None and k in ("overrides", "budget", "scheduler", "search", "evaluation", "seeds"))}
         if isinstance(data.get("base"), (str, dict)):
             try:
                 base = load_recipe_dict(data["base"])
@@ -252,6 +298,8 @@ class SweepSpec(StrictModel):
         else:
             need(not any(p.kind == "grid" for p in self.space), "search.algorithm", self.algorithm,
                  "`grid` values need search.algorithm: grid (Optuna samples; use choice)")
+            need(self.seeds == 1, "seeds", self.seeds, "replicates need search.algorithm: grid (each "
+                 "configuration is then trained once per seed); with Optuna use seeds: 1")
         _validate_trials(self)
         return self
 
@@ -290,24 +338,36 @@ class SweepSpec(StrictModel):
 
     # ------------------------------------------------------------------ trials
     def grid(self) -> list[dict[str, Any]]:
-        """Every combination of grid/choice values (the trials of a grid search)."""
+        """Every combination of grid/choice values (the configurations of a grid search)."""
         keys = [p.key for p in self.space]
         return [dict(zip(keys, combo)) for combo in itertools.product(*(p.grid_values() for p in self.space))]
 
-    def num_trials(self) -> int:
-        return min(len(self.grid()), self.max_trials) if self.is_grid else self.max_trials
+    def grid_trials(self) -> list[tuple[dict[str, Any], int]]:
+        """(configuration, replicate) for every trial of a grid search: each configuration ``seeds`` times."""
+        return [(combo, replicate) for combo in self.grid() for replicate in range(self.seeds)]
 
-    def trial_recipe(self, values: dict[str, Any], trial_name: str) -> dict[str, Any]:
-        """The base recipe with the sampled values and the per-trial budget applied."""
+    def num_trials(self) -> int:
+        return min(len(self.grid_trials()), self.max_trials) if self.is_grid else self.max_trials
+
+    def trial_recipe(self, values: dict[str, Any], trial_name: str, replicate: int = 0) -> dict[str, Any]:
+        """The base recipe with the sampled values, the replicate's seeds, the fine-tune and the
+        per-trial budget applied."""
         flat: dict[str, Any] = {}
         for key, value in values.items():
             flat.update(value if isinstance(value, dict) else {key: value})
         recipe = apply_overrides(self.base, flat)
         recipe["name"] = trial_name
-        if self.trial_dollars is not None:
-            recipe["max_dollars"] = self.trial_dollars
-        if self.trial_images is not None:
-            recipe["max_images"] = self.trial_images
+        if replicate:  # another initialisation, noise stream and data order
+            recipe["seed"] = int(recipe.get("seed", 0)) + replicate
+            recipe["data"] = {**recipe.get("data", {}), "seed": int(recipe.get("data", {}).get("seed", 0)) + replicate}
+        unit = "dollars" if self.trial_dollars is not None else "images"
+        budget = self.trial_dollars if self.trial_dollars is not None else self.trial_images
+        if self.finetune is not None:
+            try:
+                recipe["phases"] = self.finetune.apply(list(recipe["phases"]), unit, budget)
+            except FieldError as err:
+                raise FieldError(f"finetune.{err.field}", err.value, err.msg) from None
+        recipe["max_dollars" if unit == "dollars" else "max_images"] = budget
         return recipe
 
     def fingerprint(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 ``evaluate_weights`` generates ``num_samples`` images from the reference set's own captions
 (cycled when the set is smaller), extracts Inception features (on Ray actors when a cluster is
 up, else in-process), and compares with the set's cached reference statistics. The metric is
-named by the sample count (``fid_256``, ``fid_1k``...; SPEC §5).
+named by the sample count (``fid_256``, ``fid_1k``...; SPEC §5). With ``bootstrap`` > 0 (and
+in-process features) it comes with ``<name>_std``, ``<name>_ci_low`` and ``<name>_ci_high``:
+the resampling std and 95 % interval of ``microdit.evaluate.uncertainty.fid_uncertainty``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microdit.errors import ConfigError
 from microdit.evaluate.fid import fid_from_stats, fid_metric_name
+from microdit.evaluate.uncertainty import fid_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +36,60 @@ class EvaluationConfig:
     resolution: int | None = None  # pixels; None = the set's first resolution
     batch_size: int = 64
     num_actors: int = 0  # Inception actors on Ray (0 = in-process)
+    bootstrap: int = 200  # FID resamples for <fid>_std / _ci_low / _ci_high (0 = none; in-process only)
     extras: dict = field(default_factory=dict)
 
 
-def evaluate_model(
-    model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None
-) -> dict:
-    """{fid_N: value, clip_score?: value, eval_seconds, eval_images_per_s}; optionally a sample grid."""
+class _Recording:
+    """An Inception extractor that also keeps every feature batch it returns (in ``rows``)."""
+
+    def __init__(self, extractor, rows: list[np.ndarray]):
+        self.extractor, self.rows = extractor, rows
+
+    def __call__(self, images) -> np.ndarray:
+        features = self.extractor(images)  # (n, 2048)
+        self.rows.append(np.asarray(features))
+        return features
+
+
+def prepare_reference(cfg: EvaluationConfig):
+    """The reference set's rows (latents, captions, text states), its decoder and its FID statistics.
+
+    The statistics are cached beside the set, keyed by content: a sweep calls this once in the
+    driver before its first trial, so no trial pays for the reference Inception pass. Latents are
+    decoded in batches of ``cfg.batch_size`` (a VAE decode of a whole real set in one call would
+    not fit in memory)."""
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
-    from microdit.evaluate.clip_score import load_clip_scorer
-    from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
-    from microdit.evaluate.generate import LatentDecoder, generate
-    from microdit.evaluate.inception import InceptionFeatureExtractor
+    from microdit.evaluate.generate import LatentDecoder
     from microdit.evaluate.reference import reference_stats
 
-    started = time.perf_counter()
     directory = resolve_set_path(cfg.reference)
     manifest = load_manifest(directory)
     resolution = cfg.resolution or manifest.resolutions[0]
     rows = read_set(directory, ["latents", "text_emb", "caption"], resolution=resolution)
     decoder = LatentDecoder(manifest.vae)
-    reference_images = decoder(torch.from_numpy(rows["latents"].astype(np.float32)))
+    latents = rows["latents"]
+    reference_images = np.concatenate([decoder(torch.from_numpy(latents[i:i + cfg.batch_size]
+                                                           .astype(np.float32)))
+                                       for i in range(0, max(len(latents), 1), cfg.batch_size)])
     reference = reference_stats(reference_images, directory / "fid_cache", num_actors=cfg.num_actors)
+    return rows, decoder, reference
+
+
+def evaluate_model(
+    model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None
+) -> dict:
+    """{fid_N, fid_N_std/_ci_low/_ci_high?, clip_score?, generation_images_per_s, eval_seconds}; a grid."""
+    from microdit.evaluate.clip_score import load_clip_scorer
+    from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
+    from microdit.evaluate.generate import generate
+    from microdit.evaluate.inception import InceptionFeatureExtractor
+
+    if cfg.bootstrap < 0 or cfg.bootstrap == 1:
+        raise ConfigError(f"bootstrap: number of FID resamples, 0 (none) or >= 2, got {cfg.bootstrap}")
+    started = time.perf_counter()
+    rows, decoder, reference = prepare_reference(cfg)
 
     index = np.arange(cfg.num_samples) % len(rows["caption"])
     text_emb = torch.from_numpy(rows["text_emb"][index].astype(np.float32))
@@ -73,14 +108,24 @@ def evaluate_model(
     )
     gen_seconds = time.perf_counter() - gen_start
     batches = (images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))
+    kept: list[np.ndarray] = []  # in-process feature rows, for the resampled FID
     if cfg.num_actors:
         stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images))
     else:
-        stats = local_feature_stats(batches, InceptionFeatureExtractor(), total=len(images))
-    metrics = {
-        fid_metric_name(cfg.num_samples): fid_from_stats(stats, reference.stats),
-        "generation_images_per_s": len(images) / max(gen_seconds, 1e-9),
-    }
+        stats = local_feature_stats(batches, _Recording(InceptionFeatureExtractor(), kept), total=len(images))
+    name = fid_metric_name(cfg.num_samples)
+    if cfg.bootstrap and stats.count >= 4 and kept:
+        start = time.perf_counter()
+        spread = fid_uncertainty(np.concatenate(kept), reference.stats, num_resamples=cfg.bootstrap,
+                                 seed=cfg.seed, generated=stats)
+        metrics = spread.metrics(name)  # name: fid_from_stats(stats, reference.stats), as without resampling
+        log.info("%s: %d resamples (%s) in %.1f s", name, cfg.bootstrap, spread.method, time.perf_counter() - start)
+    else:
+        if cfg.bootstrap and cfg.num_actors:
+            log.warning("%s: no std/interval: Ray actors return moments, not the feature rows resampling needs",
+                        name)
+        metrics = {name: fid_from_stats(stats, reference.stats)}
+    metrics["generation_images_per_s"] = len(images) / max(gen_seconds, 1e-9)
     scorer = load_clip_scorer(cfg.clip_model)
     if scorer is not None:
         metrics["clip_score"] = scorer.score(images, captions)

@@ -39,8 +39,10 @@ def trial_cost(spec: SweepSpec, values: dict, images_per_s: float | None) -> tup
 
 def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
     if spec.is_grid:
-        combos = spec.grid()[: spec.max_trials]
-        heading = f"grid search: {len(combos)} trials"
+        trials = spec.grid_trials()[: spec.max_trials]
+        combos = [combo for combo, replicate in trials if replicate == 0]
+        heading = f"grid search: {len(combos)} configurations" + (
+            f" x {spec.seeds} seeds = {len(trials)} trials" if spec.seeds > 1 else "")
     else:
         options = [[(p.key, v) for v in (p.values if p.kind in ("grid", "choice") else p.values[:2])] for p in spec.space]
         combos = [dict(c) for c in itertools.islice(itertools.product(*options), 64)]
@@ -54,7 +56,8 @@ def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
         rows.append({"#": i, **labels, "pred_hours": hours, "pred_usd": dollars})
     columns = ["#", *[p.key for p in spec.space], "pred_hours", "pred_usd"]
     per_trial = [r["pred_usd"] for r in rows]
-    total = sum(per_trial) if spec.is_grid else max(per_trial) * spec.max_trials
+    total = max(per_trial) * spec.num_trials() if not spec.is_grid else \
+        sum(per_trial[i] for i, _ in enumerate(combos)) * (spec.num_trials() / max(len(combos), 1))
     lines = [f"sweep {spec.name}: {heading}; objectives "
              f"{', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}; max concurrent {spec.max_concurrent}",
              format_table(rows, columns),

@@ -1,41 +1,58 @@
 """The sweep's comparison, read from MLflow alone: trials, status counts, Pareto front, plot.
 
 Only trials that finished their budget count as Pareto points: a trial stopped early by ASHA
-reports cheap, unfinished values that would otherwise sit on the front (SPEC §8).
+reports cheap, unfinished values that would otherwise sit on the front (SPEC §8). Replicates of a
+configuration (spec ``seeds``) are averaged; the front is taken over configurations, and the
+configurations whose quality is within noise of the best are flagged. Costs are each trial's
+``final/cost_usd`` (training + evaluation); the total adds the sweep's shared overhead.
 """
 
 from __future__ import annotations
 
+import re
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from microdit.config.sweep import SweepSpec
-from microdit.sweep.pareto import format_table, pareto_front, scatter_plot
+from microdit.sweep.accounting import sweep_total, trial_cost
+from microdit.sweep.pareto import format_table, pareto_front, scatter_plot, with_error, within_noise
 from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run
 
 
 @dataclass
 class SweepReport:
     text: str
-    rows: list[dict[str, Any]]
-    front: list[int]
+    rows: list[dict[str, Any]]  # one per trial
+    configs: list[dict[str, Any]]  # one per configuration (replicates averaged)
+    front: list[int]  # indices into ``configs``
     finished: int
     stopped_early: int
     failed: int
-    spent_usd: float
+    spent_usd: float  # trials + overhead
+    overhead_usd: float
+
+
+def tune_trial_id(result) -> str | None:
+    """The Tune trial id of a ``ray.tune.Result``: from its metrics, else from its directory name
+    (``run_trial_<id>_<index>_<params>_<date>``; the function name itself contains ``_``)."""
+    trial_id = (result.metrics or {}).get("trial_id")
+    if trial_id:
+        return str(trial_id)
+    match = re.search(r"_([0-9a-f]{5,})_\d{5}", Path(result.path).name) if result.path else None
+    return match.group(1) if match else None
 
 
 def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
-    """Child runs Tune stopped early or that errored: status + tag, never left RUNNING."""
+    """Child runs Tune stopped early or that errored: status tag + terminated, never left RUNNING.
+    Trials are matched to their MLflow runs by the ``tune.trial_id`` tag."""
     mlflow_client = client(uri)
-    children = _children(uri, parent_run_id)
-    by_trial = {r.data.tags.get("tune.trial_id"): r for r in children}
+    by_trial = {r.data.tags.get("tune.trial_id"): r for r in _children(uri, parent_run_id)}
     for result in results:
-        trial_id = Path(result.path).name.split("_")[1] if result.path else None
-        run = next((r for t, r in by_trial.items() if t and trial_id and t == trial_id), None)
-        if run is None or "budget_done" in (result.metrics or {}):
+        run = by_trial.get(tune_trial_id(result))
+        if run is None or (not result.error and "budget_done" in (result.metrics or {})):
             continue
         status = "failed" if result.error else "stopped_early"
         mlflow_client.set_tag(run.info.run_id, "microdit.trial_status", status)
@@ -51,53 +68,100 @@ def _children(uri: str, parent_run_id: str):
                                      max_results=10_000)
 
 
-def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]], sweep_name: str,
-                 log_to_parent: bool = True) -> SweepReport:
-    rows = []
-    swept_keys: set[str] = set()
-    for run in _children(uri, parent_run_id):
-        swept_keys.update(k[len("sweep."):] for k in run.data.params if k.startswith("sweep."))
+def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per child run (status, swept values, replicate, final metrics) and the swept keys."""
+    rows, swept_keys = [], set()
+    for run in children:
+        params = {k[len("sweep."):]: _number(v) for k, v in run.data.params.items() if k.startswith("sweep.")}
+        swept_keys.update(k for k in params if k != "replicate")
         status = run.data.tags.get("microdit.trial_status") or (
             "running" if run.info.status == "RUNNING" else run.info.status.lower())
         row = {"trial": run.data.tags.get(RUN_NAME_TAG, run.info.run_name), "status": status,
-               **{k[len("sweep."):]: _number(v) for k, v in run.data.params.items() if k.startswith("sweep.")},
-               **run.data.metrics}
+               "replicate": 0, **params, **run.data.metrics}
+        row["cost_usd"] = trial_cost(row)
         rows.append(row)
     rows.sort(key=lambda r: r["trial"])
-    finished = [r for r in rows if r["status"] == "finished" and all(m in r for m, _ in objectives)]
-    points = [[r[m] for m, _ in objectives] for r in finished]
-    front_local = pareto_front(points, [mode for _, mode in objectives]) if points else []
-    swept = sorted(swept_keys)
-    metric_cols = [m for m, _ in objectives] + [c for c in ("cost_usd", "images_seen", "eval_seconds")
-                                                 if c not in [m for m, _ in objectives]]
-    columns = ["trial", "status", *swept, *metric_cols]
-    front_rows = [finished[i] for i in front_local]
-    lines = [f"sweep {sweep_name}: {len(rows)} trials — {len(finished)} finished, "
-             f"{sum(r['status'] == 'stopped_early' for r in rows)} stopped early, "
-             f"{sum(r['status'] == 'failed' for r in rows)} failed; spent ${sum(r.get('cost_usd', 0) for r in rows):.4f}",
-             "", "all trials:", format_table(rows, columns), "",
+    return rows, sorted(swept_keys)
+
+
+def configurations(finished: list[dict[str, Any]], swept: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Replicates of one configuration averaged: ``<m>`` = mean, ``<m>_std`` = std over seeds (ddof 1);
+    with a single seed a metric keeps its own ``<m>_std`` (FID: the bootstrap std) if it has one."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in finished:
+        groups.setdefault(tuple(str(row.get(k)) for k in swept), []).append(row)
+    configs = []
+    for rows in groups.values():
+        config = {k: rows[0].get(k) for k in swept}
+        config["n"] = len(rows)
+        config["trials"] = ",".join(r["trial"].rsplit("-", 1)[-1] for r in rows)
+        for metric in metrics:
+            values = [r[metric] for r in rows if metric in r]
+            if not values:
+                continue
+            config[metric] = statistics.fmean(values)
+            if len(values) > 1:
+                config[f"{metric}_std"] = statistics.stdev(values)
+            elif f"{metric}_std" in rows[0]:
+                config[f"{metric}_std"] = rows[0][f"{metric}_std"]
+        configs.append(config)
+    return configs
+
+
+def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]], sweep_name: str,
+                 log_to_parent: bool = False) -> SweepReport:
+    """The sweep's tables from MLflow alone; ``log_to_parent`` also writes them to the parent run."""
+    mlflow_client = client(uri)
+    rows, swept = trial_rows(_children(uri, parent_run_id))
+    overhead = float(mlflow_client.get_run(parent_run_id).data.metrics.get("overhead_usd", 0.0))
+    names = [m for m, _ in objectives]
+    finished = [r for r in rows if r["status"] == "finished" and all(m in r for m in names)]
+    configs = configurations(finished, swept, [*names, *(c for c in ("cost_usd", "images_seen") if c not in names)])
+    points = [[c[m] for m in names] for c in configs]
+    front = pareto_front(points, [mode for _, mode in objectives]) if points else []
+    quality, quality_mode = objectives[0]
+    noise = within_noise([c[quality] for c in configs], [c.get(f"{quality}_std") for c in configs], quality_mode) \
+        if configs else []
+    for config, flag in zip(configs, noise):
+        config["vs_best"] = "best" if flag == "best" else ("within noise" if flag else "worse")
+    metric_cols = [*names, *(c for c in ("cost_usd", "images_seen") if c not in names)]
+    config_table = [{**c, **{m: with_error(c.get(m), c.get(f"{m}_std")) for m in metric_cols}} for c in configs]
+    config_cols = [*swept, "n", *metric_cols, "vs_best", "trials"]
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("stopped_early", "failed")}
+    spent = sweep_total(rows, overhead)
+    trial_cols = ["trial", "status", *swept, *(["replicate"] if any(r["replicate"] for r in rows) else []),
+                  *names, *(f"{m}_std" for m in names if any(f"{m}_std" in r for r in rows)),
+                  *(c for c in ("cost_usd", "final/train_usd", "final/eval_usd", "images_seen") if c not in names)]
+    lines = [f"sweep {sweep_name}: {len(rows)} trials — {len(finished)} finished, {counts['stopped_early']} stopped "
+             f"early, {counts['failed']} failed; spent ${spent:.4f} = trials ${spent - overhead:.4f} + shared "
+             f"overhead ${overhead:.4f} (data, FID reference statistics)",
+             "", "configurations (mean ± std over seeds; one seed: FID ± its bootstrap std):",
+             format_table(config_table, config_cols), "",
              f"Pareto front ({' vs '.join(f'{m} [{mode}]' for m, mode in objectives)}):",
-             format_table(sorted(front_rows, key=lambda r: r[objectives[-1][0]]), columns)]
+             format_table(sorted((config_table[i] for i in front), key=lambda r: configs[config_table.index(r)][names[-1]]),
+                          config_cols), "", "all trials:", format_table(rows, trial_cols)]
     for metric, mode in objectives:
-        if finished:
-            best = (min if mode == "min" else max)(finished, key=lambda r: r[metric])
-            lines.append(f"best {metric} ({mode}): {best['trial']} = {best[metric]:.4g}")
+        if configs:
+            best = (min if mode == "min" else max)(configs, key=lambda c: c[metric])
+            lines.append(f"best {metric} ({mode}): {', '.join(f'{k}={best[k]}' for k in swept)} = "
+                         f"{with_error(best[metric], best.get(f'{metric}_std'))}")
+    close = [c for c in configs if c["vs_best"] == "within noise"]
+    if close:
+        lines.append(f"within noise of the best {quality} (|difference| <= 2 x combined std): "
+                     + "; ".join(", ".join(f"{k}={c[k]}" for k in swept) for c in close))
     text = "\n".join(lines)
     if log_to_parent:
-        mlflow_client = client(uri)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pareto.txt").write_text(text)
             mlflow_client.log_artifact(parent_run_id, str(Path(tmp) / "pareto.txt"))
-            if len(objectives) >= 2 and finished:
+            if len(objectives) >= 2 and configs:
                 x, y = objectives[-1][0], objectives[0][0]
-                front_idx = [finished.index(r) for r in front_rows]
-                plot = scatter_plot(finished, front_idx, x, y, swept, Path(tmp) / "pareto.png",
-                                    f"{sweep_name}: {y} vs {x}")
+                plot = scatter_plot(configs, front, x, y, swept, Path(tmp) / "pareto.png", f"{sweep_name}: {y} vs {x}")
                 mlflow_client.log_artifact(parent_run_id, str(plot))
-        mlflow_client.log_metric(parent_run_id, "spent_usd", sum(r.get("cost_usd", 0) for r in rows))
+        mlflow_client.log_metric(parent_run_id, "spent_usd", spent)
         mlflow_client.log_metric(parent_run_id, "trials_finished", len(finished))
-    return SweepReport(text, rows, front_local, len(finished), sum(r["status"] == "stopped_early" for r in rows),
-                       sum(r["status"] == "failed" for r in rows), sum(r.get("cost_usd", 0) for r in rows))
+    return SweepReport(text, rows, configs, front, len(finished), counts["stopped_early"], counts["failed"], spent,
+                       overhead)
 
 
 def _number(value: str) -> Any:
@@ -111,12 +175,13 @@ def _number(value: str) -> Any:
 
 def sweep_report(spec: SweepSpec, uri: str, parent_run_id: str, results, sweep_dir: Path) -> SweepReport:
     mark_unfinished(uri, parent_run_id, results)
-    return build_report(uri, parent_run_id, [(o.metric, o.mode) for o in spec.objectives], spec.name)
+    return build_report(uri, parent_run_id, [(o.metric, o.mode) for o in spec.objectives], spec.name,
+                        log_to_parent=True)
 
 
 def compare(sweep_name: str, uri: str, experiment: str = "microdit-sweeps",
-            objectives: list[tuple[str, str]] | None = None) -> SweepReport:
-    """``microdit compare SWEEP``: rebuild the report from MLflow alone."""
+            objectives: list[tuple[str, str]] | None = None, write: bool = False) -> SweepReport:
+    """``microdit compare SWEEP``: rebuild the report from MLflow alone (read-only unless ``write``)."""
     from microdit.errors import ConfigError
 
     run_id = find_run(uri, experiment, sweep_name)
@@ -128,7 +193,7 @@ def compare(sweep_name: str, uri: str, experiment: str = "microdit-sweeps",
     if objectives is None:
         raw = run.data.params.get("objectives", "['fid:min', 'cost_usd:min']")
         objectives = [tuple(item.split(":")) for item in eval_list(raw)]
-    return build_report(uri, run_id, objectives, sweep_name, log_to_parent=True)
+    return build_report(uri, run_id, objectives, sweep_name, log_to_parent=write)
 
 
 def eval_list(text: str) -> list[str]:

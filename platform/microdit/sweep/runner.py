@@ -60,7 +60,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
     from microdit.sweep.report import sweep_report
     from microdit.sweep.search import build_searcher
     from microdit.sweep.trial import run_trial
-    from microdit.train.trainer import connect_ray, ensure_data
+    from microdit.train.trainer import connect_ray
 
     started = time.perf_counter()
     root = Path(storage or spec.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs")).resolve()
@@ -72,12 +72,11 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
     # objectives arrive with the trial's final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     connect_ray()
-    from microdit.config.recipe import RecipeConfig
-
-    ensure_data(RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe")))
+    overhead_seconds, overhead_usd = prepare_shared_work(spec)
     uri = tracking_uri(spec.mlflow_uri)
     parent_run_id, created = get_or_create_run(uri, spec.experiment, spec.name, "sweep",
                                                tags={"microdit.sweep_dir": str(sweep_dir)})
+    record_overhead(uri, parent_run_id, overhead_seconds, overhead_usd)
     if created:
         log_params(uri, parent_run_id, {
             "space": {p.key: f"{p.kind}{list(p.values)}" for p in spec.space},
@@ -114,6 +113,39 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
     finish_run(uri, parent_run_id, "FINISHED")
     return SweepOutcome(spec.name, parent_run_id, report.text, report.finished, report.stopped_early, report.failed,
                         report.spent_usd, time.perf_counter() - started)
+
+
+def prepare_shared_work(spec: SweepSpec) -> tuple[float, float]:
+    """Work every trial would otherwise repeat, done once in the driver before the first trial:
+    the demo data (when the spec uses it) and the FID reference statistics (cached by content, so
+    trials only read them). Returns (seconds, dollars at one trial's device price): the sweep's overhead."""
+    from microdit.config.recipe import RecipeConfig
+    from microdit.train.trainer import ensure_data
+
+    started = time.perf_counter()
+    probe = RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe"))
+    ensure_data(probe)
+    if trial_needs_evaluation(spec):
+        from microdit.evaluate.pipeline import EvaluationConfig, prepare_reference
+
+        prepare_reference(EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()}))
+    seconds = time.perf_counter() - started
+    return seconds, seconds / 3600 * probe.resources.hourly_price * probe.resources.billed_devices
+
+
+def trial_needs_evaluation(spec: SweepSpec) -> bool:
+    return bool(spec.evaluation.overrides()) or any(o.metric.startswith(("fid", "clip")) for o in spec.objectives)
+
+
+def record_overhead(uri: str, parent_run_id: str, seconds: float, dollars: float) -> None:
+    """Add this start's shared work to the parent run's ``overhead_usd`` (a resume adds its own)."""
+    from microdit.tracking import client
+
+    mlflow_client = client(uri)
+    previous = mlflow_client.get_run(parent_run_id).data.metrics
+    step = len(mlflow_client.get_metric_history(parent_run_id, "overhead_usd"))
+    mlflow_client.log_metric(parent_run_id, "overhead_seconds", previous.get("overhead_seconds", 0.0) + seconds, step=step)
+    mlflow_client.log_metric(parent_run_id, "overhead_usd", previous.get("overhead_usd", 0.0) + dollars, step=step)
 
 
 def spec_source(spec: SweepSpec) -> dict:

@@ -20,6 +20,8 @@ from ray.tune.search import Searcher
 
 from microdit.config.sweep import SweepSpec
 
+REPLICATE = "replicate"  # the Tune config key of a trial's replicate index (spec ``seeds``)
+
 
 def param_name(index: int) -> str:
     """Tune/Optuna parameter names: x0, x1, ... (dotted recipe keys are kept in the spec)."""
@@ -130,8 +132,9 @@ def build_searcher(spec: SweepSpec, sweep_dir: Path, trial_dollars: float) -> Bu
     metric = metrics if len(metrics) > 1 else metrics[0]
     mode = modes if len(modes) > 1 else modes[0]
     if spec.algorithm == "grid":
-        configs = [{param_name(i): p.values.index(combo[p.key]) if p.is_bundle else combo[p.key]
-                    for i, p in enumerate(spec.space)} for combo in spec.grid()]
+        configs = [{**{param_name(i): p.values.index(combo[p.key]) if p.is_bundle else combo[p.key]
+                       for i, p in enumerate(spec.space)}, REPLICATE: replicate}
+                   for combo, replicate in spec.grid_trials()]
         inner: Searcher = ListSearcher(configs[: spec.max_trials], metric=metric, mode=mode)
     else:
         import optuna

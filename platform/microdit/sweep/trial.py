@@ -15,7 +15,8 @@ from ray import tune
 
 from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.config.sweep import load_sweep
-from microdit.sweep.search import param_name
+from microdit.sweep.accounting import trial_final_metrics
+from microdit.sweep.search import REPLICATE, param_name
 
 
 def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
-    from microdit.tracking import client, finish_run, log_params, metric_key
+    from microdit.sweep.runner import trial_needs_evaluation
+    from microdit.tracking import client, finish_run, log_final_metrics, log_params, metric_key
     from microdit.train.trainer import run_training
 
     trial_started = time.time()
@@ -48,35 +50,33 @@ def run_trial(config: dict[str, Any]) -> None:
     context = tune.get_context()
     trial_id = context.get_trial_id()
     values = trial_values(spec, config)
-    recipe_dict = spec.trial_recipe(values, f"{spec.name}-{trial_id}")
+    replicate = int(config.get(REPLICATE, 0))
+    recipe_dict = spec.trial_recipe(values, f"{spec.name}-{trial_id}", replicate)
     recipe_dict.setdefault("tracking", {})
     recipe_dict["tracking"].update({"experiment": spec.experiment, "mlflow_uri": config["mlflow_uri"],
                                     "storage_path": config["train_storage"]})
     recipe = RecipeConfig.from_dict(recipe_dict)
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],
-                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name})
+                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name}, log_final=False)
     uri = config["mlflow_uri"]
-    log_params(uri, summary.mlflow_run_id, {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()})
-    metrics: dict[str, float] = {"cost_usd": summary.cost_usd, "gpu_hours": summary.gpu_hours,
-                                 "images_seen": float(summary.images_seen), "train_seconds": summary.wall_seconds}
-    if summary.first_step_wall:  # Tune + TorchTrainer start-up until the first optimizer step
-        metrics["startup_seconds"] = summary.first_step_wall - trial_started
-    needs_eval = bool(spec.evaluation.overrides()) or any(o.metric.startswith(("fid", "clip")) for o in spec.objectives)
-    if summary.weights and needs_eval:
-        evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
-        results = evaluate_weights(summary.weights, evaluation)
-        # Evaluation time is billed like training: the trial holds its devices meanwhile.
-        price = recipe.resources.hourly_price * recipe.resources.billed_devices
-        metrics["eval_cost_usd"] = results["eval_seconds"] / 3600 * price
-        metrics["cost_usd"] += metrics["eval_cost_usd"]
-        metrics.update({k: float(v) for k, v in results.items()})
     mlflow_client = client(uri)
-    for key, value in metrics.items():
-        mlflow_client.log_metric(summary.mlflow_run_id, key, value)
-    if needs_eval:
-        deviation = deviation_from_official(evaluation.steps, evaluation.guidance) if summary.weights else None
+    log_params(uri, summary.mlflow_run_id, {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()})
+    if spec.seeds > 1:
+        log_params(uri, summary.mlflow_run_id, {"sweep.replicate": replicate})
+    results = None
+    if summary.weights and trial_needs_evaluation(spec):
+        evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
+        results = evaluate_weights(summary.weights, evaluation)  # the trial holds its devices meanwhile
+        deviation = deviation_from_official(evaluation.steps, evaluation.guidance)
         mlflow_client.set_tag(summary.mlflow_run_id, "microdit.eval_protocol",
                               deviation or "official: 30 Heun steps, guidance 5")
+    train = {"cost_usd": summary.cost_usd, "gpu_hours": summary.gpu_hours, "images_seen": summary.images_seen,
+             "global_step": summary.global_step}
+    metrics = trial_final_metrics(train, results, recipe.resources.hourly_price, recipe.resources.billed_devices)
+    metrics["train_seconds"] = summary.wall_seconds
+    if summary.first_step_wall:  # Tune + TorchTrainer start-up until the first optimizer step
+        metrics["startup_seconds"] = summary.first_step_wall - trial_started
+    log_final_metrics(uri, summary.mlflow_run_id, metrics, summary.global_step)
     mlflow_client.set_tag(summary.mlflow_run_id, "microdit.trial_status", "finished")
     finish_run(uri, summary.mlflow_run_id, "FINISHED")
     tune.report({**metrics, "budget_done": 1.0, "mlflow_run_id": summary.mlflow_run_id})
