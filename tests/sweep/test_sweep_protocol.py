@@ -1,0 +1,86 @@
+"""The paper's protocol (fine-tune inside the budget), seed replicates, and the report's arithmetic,
+as plain functions with numbers (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+import ray.tune
+import yaml
+
+from microdit.config.recipe import RecipeConfig
+from microdit.config.sweep import SWEEP_DIR, load_sweep
+from microdit.errors import ConfigError
+from microdit.sweep.accounting import FINAL_COST, sweep_total, trial_final_metrics
+from microdit.sweep.report import configurations, tune_trial_id
+
+
+def _spec(**changes):
+    data = yaml.safe_load((SWEEP_DIR / "mask_ratio.yaml").read_text())
+    data.update(changes)
+    return load_sweep(data)
+
+
+def test_finetune_is_cut_from_the_trial_budget():
+    spec = load_sweep("mask_ratio")
+    assert spec.finetune is not None and spec.finetune.dollars == 2.5 and spec.trial_dollars == 25.0
+    naive = spec.grid()[3]  # naive masking at 0.75
+    recipe = RecipeConfig.from_dict(spec.trial_recipe(naive, "t"))
+    swept, finetune = recipe.phases
+    assert (swept.dollars, finetune.dollars, recipe.max_dollars) == (22.5, 2.5, 25.0)
+    assert swept.mask_ratio == 0.75 and swept.steps is None and swept.images is None
+    assert finetune.mask_ratio == 0.0 and finetune.micro_batch == 128 and finetune.lr == swept.lr
+    assert finetune.lr_schedule == "constant" and finetune.warmup_steps == 0 and finetune.optimizer_state == "keep"
+    assert load_sweep("paper").finetune.dollars == 4.5
+
+
+def test_finetune_in_images_and_unit_errors():
+    spec = _spec(trial_budget={"images": 10_000}, finetune={"images": 2_000, "lr": 1e-4})
+    recipe = RecipeConfig.from_dict(spec.trial_recipe(spec.grid()[0], "t"))
+    assert [p.images for p in recipe.phases] == [8_000, 2_000] and recipe.max_images == 10_000
+    assert recipe.phases[1].lr == 1e-4
+    with pytest.raises(ConfigError, match=r"finetune\.images=None: the fine-tune must be given in the trial "
+                                          r"budget's unit \(images\)"):
+        _spec(trial_budget={"images": 10_000}, finetune={"dollars": 1.0})
+    with pytest.raises(ConfigError, match=r"finetune\.dollars=30\.0: must be below the trial budget \(25\.0\)"):
+        _spec(finetune={"dollars": 30.0})
+
+
+def test_seed_replicates():
+    spec = load_sweep("mask_ratio_demo")
+    assert spec.seeds == 2 and len(spec.grid()) == 5 and spec.num_trials() == 10
+    assert [r for _, r in spec.grid_trials()[:4]] == [0, 1, 0, 1]
+    base = spec.trial_recipe(spec.grid()[1], "t", 0)
+    other = spec.trial_recipe(spec.grid()[1], "t", 1)
+    assert (other["seed"], other["data"]["seed"]) == (base.get("seed", 0) + 1, base["data"].get("seed", 0) + 1)
+    recipe = RecipeConfig.from_dict(other)
+    assert [p.name for p in recipe.phases] == ["swept", "finetune"] and recipe.phases[1].ema_half_life_images == 500
+    with pytest.raises(ConfigError, match="seeds=2: replicates need search.algorithm: grid"):
+        _spec(seeds=2, search={"algorithm": "tpe"}, space={"phases[0].mask_ratio": {"choice": [0.5, 0.75]}})
+
+
+def test_trial_final_metrics_add_up():
+    train = {"cost_usd": 1.5, "gpu_hours": 0.4, "images_seen": 2400, "global_step": 75}
+    evaluation = {"fid_128": 90.0, "fid_128_std": 3.0, "eval_seconds": 360.0}
+    final = trial_final_metrics(train, evaluation, price_per_device_hour=3.0, devices=2)
+    assert final["final/eval_usd"] == pytest.approx(0.6)  # 0.1 h x 2 devices x $3
+    assert final[FINAL_COST] == final["cost_usd"] == pytest.approx(2.1)
+    assert final["final/gpu_hours"] == pytest.approx(0.6) and final["fid_128_std"] == 3.0
+    assert trial_final_metrics(train, None, 3.0, 2)[FINAL_COST] == 1.5
+    rows = [{FINAL_COST: 2.1, "cost_usd": 2.1}, {"cost_usd": 0.7}]  # a failed trial has no final/* yet
+    assert sweep_total(rows, overhead_usd=0.25) == pytest.approx(3.05)
+
+
+def test_configurations_average_replicates():
+    rows = [{"trial": "s-a", "mask": 0.5, "fid": 100.0, "fid_std": 9.0, "cost_usd": 1.0},
+            {"trial": "s-b", "mask": 0.5, "fid": 110.0, "fid_std": 9.0, "cost_usd": 3.0},
+            {"trial": "s-c", "mask": 0.0, "fid": 80.0, "fid_std": 4.0, "cost_usd": 2.0}]
+    masked, plain = configurations(rows, ["mask"], ["fid", "cost_usd"])
+    assert masked["n"] == 2 and masked["fid"] == 105.0 and masked["fid_std"] == pytest.approx(7.0710678)
+    assert masked["cost_usd"] == 2.0 and masked["trials"] == "a,b"
+    assert plain["n"] == 1 and plain["fid_std"] == 4.0  # one seed: its own (resampling) std
+
+
+def test_tune_trial_id_from_metrics_or_directory():
+    path = "/runs/sweeps/q/tune/run_trial_4b44bbbe_00001_1_x0=0.75_2026-12-01_06-00-00"
+    assert tune_trial_id(ray.tune.Result(metrics={}, checkpoint=None, error=None, path=path)) == "4b44bbbe"
+    assert tune_trial_id(ray.tune.Result(metrics={"trial_id": "abc12"}, checkpoint=None, error=None, path=path)) == "abc12"
