@@ -5,6 +5,13 @@ device: no memory), and forward / training FLOPs per image at a resolution and m
 
     microdit model --size MicroDiT_XL_2 --dry-run
     microdit model --size MicroDiT_Micro_2 --resolution 256 --mask-ratio 0.5 --set caption_dim=1024 --dry-run
+
+``--memory`` prints the predicted peak GPU memory of a training step per GPU instead
+(``microdit.model.memory``: weights, grads, optimizer, activations, workspace; add ``--dry-run``
+to print the description as well)::
+
+    microdit model --size MicroDiT_XL_2 --resolution 256 --mask-ratio 0.75 --micro-batch 256 --memory
+    microdit model --size MicroDiT_XL_2 --resolution 512 --mask-ratio 0 --strategy fsdp --world-size 8 --memory
 """
 
 from __future__ import annotations
@@ -51,8 +58,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved config and counts without building the model (the only mode today)",
+        help="print the resolved config and counts without building the model (the default output)",
     )
+    memory = parser.add_argument_group("memory model (--memory)")
+    memory.add_argument(
+        "--memory", action="store_true", help="print the predicted peak GPU memory per GPU of a training step"
+    )
+    memory.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="images per GPU per forward (default: the largest that fits an 80 GB H100)",
+    )
+    memory.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), default="ddp", help="data parallelism (default ddp)"
+    )
+    memory.add_argument("--world-size", type=int, default=8, help="number of GPUs (default 8)")
+    memory.add_argument(
+        "--precision", choices=("bf16", "fp32"), default="bf16", help="bf16 autocast (default) or fp32"
+    )
+    memory.add_argument(
+        "--attention",
+        choices=("flash", "math"),
+        default="flash",
+        help="SDPA backend: flash/efficient (O(T) saved, default) or math (saves the T x T matrix)",
+    )
+    memory.add_argument("--ema", action="store_true", help="count an fp32 EMA copy of the weights")
     parser.set_defaults(func=run)
     return parser
 
@@ -95,6 +126,10 @@ def resolve(args: argparse.Namespace) -> tuple[str, ModelConfig, int, float]:
         raise ConfigError(f"--mask-ratio={ratio}: model.masking='none' drops no patches; use 0")
     if args.caption_len <= 0:
         raise ConfigError(f"--caption-len={args.caption_len}: must be a positive integer")
+    if getattr(args, "micro_batch", None) is not None and args.micro_batch <= 0:
+        raise ConfigError(f"--micro-batch={args.micro_batch}: must be a positive integer")
+    if getattr(args, "world_size", 1) <= 0:
+        raise ConfigError(f"--world-size={args.world_size}: must be a positive integer")
     return args.size, config, latent, ratio
 
 
@@ -138,7 +173,66 @@ def describe(name: str, config: ModelConfig, latent: int, ratio: float, caption_
     return "\n".join(lines)
 
 
+def describe_memory(
+    name: str, config: ModelConfig, latent: int, ratio: float, args: argparse.Namespace
+) -> str:
+    """The table ``microdit model --memory`` prints (bytes from ``microdit.model.memory``)."""
+    from microdit.model.memory import GIB, H100_80GB_BYTES, estimate_memory, max_micro_batch
+
+    options = dict(
+        caption_len=args.caption_len,
+        precision=args.precision,
+        strategy=args.strategy,
+        world_size=args.world_size,
+        attention=args.attention,
+        ema=args.ema,
+    )
+    largest = max_micro_batch(config, latent, ratio, **options)
+    batch = args.micro_batch or max(largest, 1)
+    est = estimate_memory(config, latent, ratio, batch, **options)
+    tokens, kept = config.num_tokens(latent), config.kept_tokens(latent, ratio)
+
+    def gib(value: int) -> str:
+        return f"{value / GIB:9.2f} GiB"
+
+    shard = f"/{args.world_size}" if args.strategy == "fsdp" and args.world_size > 1 else ""
+    parallel = f"{args.strategy} over {args.world_size} GPU{'s' if args.world_size > 1 else ''}"
+    chosen = "" if args.micro_batch else " (the largest that fits)"
+    lines = [
+        f"peak GPU memory per GPU: {name} at {latent * VAE_FACTOR} px ({latent}x{latent} latent), mask ratio "
+        f"{ratio:g} ({kept} of {tokens} tokens reach the backbone), caption {args.caption_len} tokens",
+        f"  micro-batch {batch}{chosen}, {args.precision}{' autocast' if args.precision == 'bf16' else ''}, "
+        f"{args.attention} attention, {parallel}",
+    ]
+    notes = {
+        "weights": f"fp32 parameters {est.parameters / GIB:.2f}"
+        + (f" (full + 1{shard} shard)" if shard else "")
+        + (f" + bf16 autocast copies {est.weight_copies / GIB:.2f}" if est.weight_copies else ""),
+        "grads": f"fp32 gradients{shard} {est.gradients / GIB:.2f}"
+        + (f" + DDP buckets {est.grad_buckets / GIB:.2f}" if est.grad_buckets else ""),
+        "optimizer": f"AdamW exp_avg + exp_avg_sq, fp32{shard}",
+        "activations": f"{est.activations_per_image / GIB:.4f} GiB saved for backward per image x {batch}",
+        "workspace/other": f"backward transients {est.backward_transient / GIB:.2f}"
+        + (f" + FSDP unsharded grads {est.fsdp_transient / GIB:.2f}" if est.fsdp_transient else "")
+        + f" + CUDA/NCCL {est.fixed_overhead / GIB:.2f} + fragmentation {est.fragmentation / GIB:.2f}"
+        + (f" + EMA {est.ema / GIB:.2f}" if est.ema else ""),
+        "total": "peak of backward" if est.total == est.backward_peak else "peak of the optimizer step",
+    }
+    lines += [f"  {label:<16} {gib(value)}   {notes[label]}" for label, value in est.rows()]
+    headroom = H100_80GB_BYTES - est.total
+    verdict = (
+        f"yes ({headroom / GIB:.1f} GiB free)" if headroom >= 0 else f"no (over by {-headroom / GIB:.1f} GiB)"
+    )
+    lines.append(
+        f"  fits an 80 GB H100 ({H100_80GB_BYTES / GIB:.1f} GiB): {verdict}; largest micro-batch that fits: {largest}"
+    )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     name, config, latent, ratio = resolve(args)
-    print(describe(name, config, latent, ratio, args.caption_len))
+    if args.dry_run or not args.memory:
+        print(describe(name, config, latent, ratio, args.caption_len))
+    if args.memory:
+        print(describe_memory(name, config, latent, ratio, args))
     return 0
