@@ -175,3 +175,18 @@ def test_cli_memory_table(capsys):
     assert "config:" in out and "(the largest that fits)" in out
     assert main(["model", "--size", "MicroDiT_Nano_2", "--memory", "--micro-batch", "0"]) == 2
     assert "--micro-batch=0" in capsys.readouterr().err
+
+
+def test_paper_micro_batches_come_from_the_memory_model():
+    """Each paper phase's micro-batch fits an 80 GB H100 under its strategy (EMA phases include the
+    EMA copy) and twice it does not: the largest power of two, not a guess."""
+    from microdit.config.recipe import load_recipe
+    from microdit.model.memory import max_micro_batch
+
+    paper = load_recipe("paper")
+    config = paper.architecture()
+    for phase in paper.phases:
+        largest = max_micro_batch(config, phase.resolution // paper.vae_factor, phase.mask_ratio,
+                                  strategy=paper.resources.strategy, world_size=paper.resources.num_workers,
+                                  ema=phase.ema_half_life_images is not None)
+        assert phase.micro_batch <= largest < 2 * phase.micro_batch, (phase.name, phase.micro_batch, largest)

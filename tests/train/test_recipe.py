@@ -34,7 +34,8 @@ def test_shipped_recipes_load():
                                  "mask_ratio, masking, micro_batch, name, optimizer_state, p_mean, p_std, resolution, "
                                  "steps, warmup_steps"),
         ({"resources.gpus": 1}, "resources.gpus: unknown key; allowed: accelerator, compile, cpus_per_worker, "
-                                "gpus_per_worker, num_workers, precision, price_per_hour, strategy, torch_threads, use_gpu"),
+                                "gpus_per_worker, num_workers, precision, price_per_hour, request_accelerator_type, strategy, "
+                                "torch_threads, use_gpu"),
         ({"phases[0].images": 1000}, "phases[0].steps/images/dollars=['steps', 'images']: give exactly one phase length"),
         ({"phases[1].steps": None}, "phases[1].steps/images/dollars=[]: give exactly one phase length"),
         ({"phases[0].steps": 0}, "phases[0].steps=0: Input should be greater than 0"),
