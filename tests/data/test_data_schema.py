@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -104,7 +105,9 @@ def test_read_set_concatenates_shards_and_builds_the_mask(tmp_path):
 def test_resolve_set_path_uses_the_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
     assert resolve_set_path("demo_real") == tmp_path / "demo_real"
-    assert resolve_set_path("./x/y") == resolve_set_path("./x/y")
+    assert resolve_set_path("./x/y") == Path("x/y")  # relative paths stay relative to the cwd, not the root
+    assert resolve_set_path("x/y") == Path("x/y") and resolve_set_path("../s") == Path("../s")
+    assert resolve_set_path("~/s") == Path.home() / "s"
     assert str(resolve_set_path("/abs/set")) == "/abs/set"
 
 

@@ -44,3 +44,17 @@ def test_budget_guard_state_survives_save_restore(tmp_path):
     fresh.restore(str(tmp_path / "searcher.pkl"))
     fresh.set_state(state)
     assert fresh.spent == 0.7 and fresh.suggest("b") == {"x0": 2}
+
+
+def test_a_failed_trial_is_charged_its_full_budget():
+    """An errored trial reports no cost: the guard charges it the per-trial budget (it may have
+    spent all of it), so failures cannot let a sweep run past its budget."""
+    guard = BudgetGuard(ListSearcher([{"x0": i} for i in range(5)]), budget_dollars=1.0, trial_dollars=0.4)
+    guard.suggest("a")
+    guard.on_trial_complete("a", None, error=True)
+    assert guard.spent == 0.4 and guard.running == set()
+    guard.suggest("b")
+    guard.on_trial_complete("b", {"cost_usd": 0.1, "trial_id": "b"}, error=True)  # a cost was reported: use it
+    assert abs(guard.spent - 0.5) < 1e-12
+    assert guard.suggest("c") == {"x0": 2}  # 0.5 + 0.4 <= 1.0
+    assert guard.suggest("d") is None  # 0.5 + 0.8 > 1.0 while c runs
