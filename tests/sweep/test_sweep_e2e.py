@@ -27,7 +27,7 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     (training + evaluation, MLflow's latest value), the total is the trials plus the driver's shared
     overhead, the failure is counted and `microdit sweep` exits 1; `microdit compare` writes nothing."""
     from microdit.cli.main import main
-    from microdit.sweep.accounting import FINAL_COST
+    from microdit.sweep.accounting import FINAL_COST, usd
 
     data = tiny_spec(tiny_demo, tmp_path, "e2e")
     data["space"] = {"variant": {"grid": [
@@ -72,7 +72,9 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     failed_row = next(r for r in report.rows if r["status"] == "failed")
     assert report.spent_usd == pytest.approx(row["cost_usd"] + failed_row["cost_usd"] + overhead, rel=1e-12)
     assert (report.finished, report.failed) == (1, 1) and len(report.configs) == 1 and report.front == [0]
-    assert f"${report.spent_usd:.4f}" in report.text and "best fid_8" in report.text
+    assert f"spent {usd(report.spent_usd)} = trials {usd(report.spent_usd - overhead)}" in report.text
+    assert "best fid_8" in report.text
+    assert failed_row["variant"] == "mask_ratio=0.5,fail_at_step=1,max_failures=0"  # params logged before training
 
     # compare is read-only: the parent run's metrics and artifacts are untouched
     before = (mlflow_client.get_run(parent_id).data.metrics, len(mlflow_client.get_metric_history(parent_id, "spent_usd")))

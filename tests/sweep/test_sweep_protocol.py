@@ -10,7 +10,7 @@ import yaml
 from microdit.config.recipe import RecipeConfig
 from microdit.config.sweep import SWEEP_DIR, load_sweep
 from microdit.errors import ConfigError
-from microdit.sweep.accounting import FINAL_COST, sweep_total, trial_final_metrics
+from microdit.sweep.accounting import FINAL_COST, sweep_total, trial_final_metrics, usd
 from microdit.sweep.report import configurations, tune_trial_id
 
 
@@ -84,3 +84,7 @@ def test_tune_trial_id_from_metrics_or_directory():
     path = "/runs/sweeps/q/tune/run_trial_4b44bbbe_00001_1_x0=0.75_2026-12-01_06-00-00"
     assert tune_trial_id(ray.tune.Result(metrics={}, checkpoint=None, error=None, path=path)) == "4b44bbbe"
     assert tune_trial_id(ray.tune.Result(metrics={"trial_id": "abc12"}, checkpoint=None, error=None, path=path)) == "abc12"
+
+
+def test_money_is_printed_with_its_significant_digits():
+    assert [usd(1890.7612), usd(0.0123456), usd(0.000133612), usd(0.0)] == ["$1,890.76", "$0.0123", "$0.000134", "$0"]

@@ -27,12 +27,13 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_plan(spec, args.images_per_s))
         return 0
+    from microdit.sweep.accounting import usd
     from microdit.sweep.runner import run_sweep
 
     outcome = run_sweep(spec, storage=args.storage, allow_changed_spec=args.allow_changed_spec)
     print(outcome.report)
     print(f"\nsweep {outcome.name}: {outcome.finished} finished, {outcome.stopped_early} stopped early, "
-          f"{outcome.failed} failed; spent ${outcome.spent_usd:.4f}; wall {outcome.wall_seconds:.0f} s; "
+          f"{outcome.failed} failed; spent {usd(outcome.spent_usd)}; wall {outcome.wall_seconds:.0f} s; "
           f"MLflow parent run {outcome.parent_run_id}")
     if outcome.failed:
         print(f"microdit sweep: {outcome.failed} trial(s) failed (their errors are in the Tune results and the "

@@ -46,3 +46,10 @@ def trial_cost(row: dict[str, Any]) -> float:
 def sweep_total(rows: list[dict[str, Any]], overhead_usd: float) -> float:
     """Everything the sweep spent: every trial (finished, stopped or failed) plus the shared overhead."""
     return sum(trial_cost(r) for r in rows) + overhead_usd
+
+
+def usd(amount: float) -> str:
+    """Money for people: cents above $1 (``$1,890.76``), else 3 significant digits (``$0.000134``)."""
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount:.3g}" if amount else "$0"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from microdit.config.sweep import SweepSpec
-from microdit.sweep.accounting import sweep_total, trial_cost
+from microdit.sweep.accounting import sweep_total, trial_cost, usd
 from microdit.sweep.pareto import format_table, pareto_front, scatter_plot, with_error, within_noise
 from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run
 
@@ -133,9 +133,9 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
                   *names, *(f"{m}_std" for m in names if any(f"{m}_std" in r for r in rows)),
                   *(c for c in ("cost_usd", "final/train_usd", "final/eval_usd", "images_seen") if c not in names)]
     lines = [f"sweep {sweep_name}: {len(rows)} trials — {len(finished)} finished, {counts['stopped_early']} stopped "
-             f"early, {counts['failed']} failed; spent ${spent:.4f} = trials ${spent - overhead:.4f} + shared "
-             f"overhead ${overhead:.4f} (data, FID reference statistics)",
-             "", "configurations (mean ± std over seeds; one seed: FID ± its bootstrap std):",
+             f"early, {counts['failed']} failed; spent {usd(spent)} = trials {usd(spent - overhead)} + shared "
+             f"overhead {usd(overhead)} (data, FID reference statistics)",
+             "", "configurations (mean ± std over seeds; one seed: FID ± its half-sampling std):",
              format_table(config_table, config_cols), "",
              f"Pareto front ({' vs '.join(f'{m} [{mode}]' for m, mode in objectives)}):",
              format_table(sorted((config_table[i] for i in front), key=lambda r: configs[config_table.index(r)][names[-1]]),

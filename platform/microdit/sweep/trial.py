@@ -42,7 +42,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
     from microdit.sweep.runner import trial_needs_evaluation
-    from microdit.tracking import client, finish_run, log_final_metrics, log_params, metric_key
+    from microdit.tracking import client, finish_run, log_final_metrics, metric_key
     from microdit.train.trainer import run_training
 
     trial_started = time.time()
@@ -56,13 +56,14 @@ def run_trial(config: dict[str, Any]) -> None:
     recipe_dict["tracking"].update({"experiment": spec.experiment, "mlflow_uri": config["mlflow_uri"],
                                     "storage_path": config["train_storage"]})
     recipe = RecipeConfig.from_dict(recipe_dict)
+    params = {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()}  # logged before training:
+    if spec.seeds > 1:                                                          # a failed trial keeps them
+        params["sweep.replicate"] = replicate
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],
-                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name}, log_final=False)
+                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name}, log_final=False,
+                           mlflow_params=params)
     uri = config["mlflow_uri"]
     mlflow_client = client(uri)
-    log_params(uri, summary.mlflow_run_id, {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()})
-    if spec.seeds > 1:
-        log_params(uri, summary.mlflow_run_id, {"sweep.replicate": replicate})
     results = None
     if summary.weights and trial_needs_evaluation(spec):
         evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})

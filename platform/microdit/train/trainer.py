@@ -160,7 +160,8 @@ def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
 
 def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
                  callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None,
-                 allow_changed_recipe: bool = False, log_final: bool = True) -> TrainSummary:
+                 allow_changed_recipe: bool = False, log_final: bool = True,
+                 mlflow_params: dict[str, Any] | None = None) -> TrainSummary:
     """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED).
     A run name that exists resumes it, but only with the recipe it started with (unless allowed).
     ``log_final=False``: the caller (a sweep trial) logs the final metrics itself, evaluation included."""
@@ -185,7 +186,8 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
                                         {"ray.storage_path": storage, **(mlflow_tags or {})})
     if created:
         log_params(uri, run_id, {**flatten(recipe.to_dict()), **{f"resolved_model.{k}": v for k, v in
-                                                                 model_config.to_dict().items()}})
+                                                                 model_config.to_dict().items()},
+                                 **(mlflow_params or {})})
         client(uri).log_dict(run_id, recipe.to_dict(), RECIPE_ARTIFACT)
         if recipe.evaluation is not None:
             deviation = deviation_from_official(recipe.evaluation.steps, recipe.evaluation.guidance)
