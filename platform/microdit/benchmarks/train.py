@@ -1,7 +1,22 @@
-"""Ray Train overhead: the same tiny training loop in a plain process vs a 1-worker ``TorchTrainer``.
+"""The training loop against the model: the real demo loop vs plain forward+backward, and Ray Train overhead.
 
-``python jobs/benchmark.py train [--steps 100] [--warmup 10] [--batch 8] [--threads 1] [--report-every 25]
-[--repeats 3]``
+``python jobs/benchmark.py train [--part all|demo|overhead] [--recipe demo] [--set KEY=VALUE ...]
+[--ref-reps 12] [--steps 100] [--warmup 10] [--batch 8] [--threads 1] [--report-every 25] [--repeats 3]``
+
+**Part 1, demo loop vs model** (``--part demo``): runs the real ``microdit train demo`` (the
+recipe's ``TorchTrainer``, workers, data stream, logging, checkpoints and phase-end sample grids;
+MLflow and Ray storage in a temporary folder) and reads its logged ``flops_per_s`` windows (the
+loop's own analytic FLOP count over wall time, all workers together). Steady state = the median
+window of each phase without its first window (start-up, stream opening, the previous phase's
+sample grid and checkpoint). The reference is plain forward+backward (EDM loss, no optimizer, as
+``benchmark.py model``) of the same resolved model at each phase's mask ratio, masking, per-worker
+micro-batch and ``resources.torch_threads``, run in ``num_workers`` concurrent Ray tasks of
+``cpus_per_worker`` CPUs (the cores the workers get), measured right before and right after the
+demo run (their mean). Printed: per phase and overall (FLOP-weighted) the ratio loop / model.
+Target: >= 50%.
+
+**Part 2, Ray Train overhead** (``--part overhead``): the same tiny training loop in a plain
+process vs a 1-worker ``TorchTrainer``.
 
 The loop (``tiny_loop``) trains MicroDiT_Nano_4 with the EDM loss and AdamW on a small pool of
 fixed random batches (3x32x32 latents, 32x384 captions, mask ratio 0.5, like the demo recipe's
@@ -42,6 +57,24 @@ SIZE = "MicroDiT_Nano_4"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py train", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--part",
+        choices=("all", "demo", "overhead"),
+        default="all",
+        help="demo loop vs model, Ray overhead, or both",
+    )
+    parser.add_argument("--recipe", default="demo", help="part 1: the recipe to run (default demo)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="part 1: recipe override",
+    )
+    parser.add_argument(
+        "--ref-reps", type=int, default=12, help="part 1: timed reference steps per phase config"
+    )
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
     parser.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
@@ -142,13 +175,211 @@ def _steady(runs: list[dict[str, Any]], warmup: int) -> list[float]:
     return [s for run in runs for s in run["step_seconds"][warmup:]]
 
 
+# ---------------------------------------------------------------------------------------------- part 1
+def reference_flops(
+    model_config: dict[str, Any], configs: list[dict[str, Any]], threads: int, reps: int, warmup: int = 3
+) -> list[float]:
+    """Plain forward+backward FLOP/s of one process for each config (round-robin, median step)."""
+    import torch
+
+    from microdit.benchmarks.model import _time_round_robin
+    from microdit.config.model import ModelConfig
+    from microdit.diffusion import EDMDenoiser, edm_loss
+    from microdit.model import MicroDiT
+    from microdit.model.flops import train_flops_per_image
+
+    torch.set_num_threads(threads)
+    cfg = ModelConfig.from_dict(model_config)
+    steps = {}
+    for i, c in enumerate(configs):
+        torch.manual_seed(i)
+        model = MicroDiT(cfg).train()
+        with torch.no_grad():  # the paper's init outputs zeros; random weights exercise every path
+            for param in model.parameters():
+                param.normal_(0.0, 0.02)
+        denoiser = EDMDenoiser(model)
+        gen = torch.Generator().manual_seed(i)
+        s, b = c["latent"], c["batch"]
+        x0 = torch.randn(b, cfg.latent_channels, s, s, generator=gen)  # (B, C, h, w)
+        y = torch.randn(b, c["caption_len"], cfg.caption_dim, generator=gen)  # (B, L, Dy)
+
+        def step(model=model, denoiser=denoiser, x0=x0, y=y, gen=gen, c=c) -> None:
+            model.zero_grad(set_to_none=True)
+            edm_loss(
+                denoiser,
+                x0,
+                y,
+                p_mean=c["p_mean"],
+                p_std=c["p_std"],
+                mask_ratio=c["mask_ratio"],
+                masking=c["masking"],
+                generator=gen,
+            ).loss.backward()
+
+        steps[i] = step
+    medians = _time_round_robin(steps, warmup, reps)
+    return [
+        train_flops_per_image(cfg, c["latent"], c["mask_ratio"], c["caption_len"]) * c["batch"] / medians[i]
+        for i, c in enumerate(configs)
+    ]
+
+
+def run_reference(
+    recipe, model_config, caption_len: int, configs: list[dict[str, Any]], reps: int
+) -> list[float]:
+    """Aggregate plain FLOP/s per config: ``num_workers`` concurrent processes shaped like the workers."""
+    import ray
+
+    res = recipe.resources
+    task = ray.remote(num_cpus=res.cpus_per_worker)(reference_flops)
+    runs = ray.get(
+        [
+            task.remote(model_config.to_dict(), configs, res.torch_threads, reps)
+            for _ in range(max(res.num_workers, 1))
+        ]
+    )
+    return [sum(values) for values in zip(*runs)]
+
+
+def phase_configs(recipe, caption_len: int) -> list[dict[str, Any]]:
+    world = max(recipe.resources.num_workers, 1)
+    return [
+        {
+            "latent": phase.resolution // recipe.vae_factor,
+            "mask_ratio": phase.mask_ratio,
+            "masking": phase.masking,
+            "batch": phase.per_worker_micro_batch(world),
+            "caption_len": caption_len,
+            "p_mean": phase.p_mean,
+            "p_std": phase.p_std,
+        }
+        for phase in recipe.phases
+    ]
+
+
+def loop_windows(uri: str, run_id: str) -> list[dict[str, float]]:
+    """The run's logged windows: step, phase, flops_per_s, images_seen (rank 0's log steps)."""
+    from microdit.tracking import client
+
+    mlflow_client = client(uri)
+    series = {
+        key: {m.step: m.value for m in mlflow_client.get_metric_history(run_id, key)}
+        for key in ("flops_per_s", "phase", "images_seen")
+    }
+    return [
+        {
+            "step": step,
+            "flops_per_s": value,
+            "phase": int(series["phase"][step]),
+            "images": series["images_seen"][step],
+        }
+        for step, value in sorted(series["flops_per_s"].items())
+        if step in series["phase"] and step in series["images_seen"]
+    ]
+
+
+def demo_vs_model(args: argparse.Namespace, storage: str) -> float:
+    """Part 1 (module docstring); returns the overall ratio loop / model."""
+    from microdit.config.recipe import load_recipe
+    from microdit.model.flops import train_flops_per_image
+    from microdit.train.trainer import ensure_data, resolve_model, run_training
+
+    uri = f"sqlite:///{storage}/mlflow.db"
+    name = f"bench-demo-{uuid.uuid4().hex[:8]}"
+    recipe = load_recipe(
+        args.recipe,
+        [
+            f"name={name}",
+            f"tracking.mlflow_uri={uri}",
+            f"tracking.storage_path={storage}/runs",
+            "tracking.experiment=microdit-benchmark",
+            *args.overrides,
+        ],
+    )
+    ensure_data(recipe)
+    model_config, caption_len = resolve_model(recipe)
+    res = recipe.resources
+    configs = phase_configs(recipe, caption_len)
+    print(
+        f"demo loop vs model: recipe {args.recipe!r} ({recipe.model.get('size', '?')}), {res.num_workers} worker(s) x "
+        f"{res.cpus_per_worker} CPU x {res.torch_threads} torch thread(s); phases: "
+        + ", ".join(
+            f"{p.name} {p.total_steps()} steps r={p.mask_ratio} micro-batch {c['batch']}"
+            for p, c in zip(recipe.phases, configs)
+        )
+    )
+    load_before = os.getloadavg()[0]
+    before = run_reference(recipe, model_config, caption_len, configs, args.ref_reps)
+    started = time.perf_counter()
+    summary = run_training(recipe)
+    wall = time.perf_counter() - started
+    after = run_reference(recipe, model_config, caption_len, configs, args.ref_reps)
+    load_after = os.getloadavg()[0]
+    reference = [(a + b) / 2 for a, b in zip(before, after)]
+    windows = loop_windows(uri, summary.mlflow_run_id)
+    flops_per_image = [
+        train_flops_per_image(model_config, c["latent"], c["mask_ratio"], caption_len) for c in configs
+    ]
+    previous_images = 0.0
+    for w in windows:  # the window's FLOPs and seconds
+        w["flops"] = (w["images"] - previous_images) * flops_per_image[w["phase"]]
+        w["seconds"] = w["flops"] / w["flops_per_s"]
+        previous_images = w["images"]
+    print(
+        f"{'phase':<10} {'windows':>7} {'loop GFLOP/s':>12} {'(per worker)':>12} {'model GFLOP/s':>13} "
+        f"{'(before/after)':>15} {'loop/model':>10}"
+    )
+    steady_loop_s = steady_model_s = 0.0
+    for index, phase in enumerate(recipe.phases):
+        mine = [w for w in windows if w["phase"] == index][1:]  # the first window holds the phase start
+        if not mine:
+            print(f"{phase.name:<10} {0:>7}   (too short for a steady window: lengthen it or log more often)")
+            continue
+        loop = statistics.median(w["flops_per_s"] for w in mine)
+        steady_loop_s += sum(w["seconds"] for w in mine)
+        steady_model_s += sum(w["flops"] for w in mine) / reference[index]
+        print(
+            f"{phase.name:<10} {len(mine):>7} {loop / 1e9:>12.1f} {loop / 1e9 / max(res.num_workers, 1):>12.1f} "
+            f"{reference[index] / 1e9:>13.1f} {f'{before[index] / 1e9:.0f}/{after[index] / 1e9:.0f}':>15} "
+            f"{loop / reference[index]:>10.0%}"
+        )
+    ratio = steady_model_s / steady_loop_s if steady_loop_s else float("nan")
+    total_flops = sum(w["flops"] for w in windows)
+    whole = total_flops / sum(w["seconds"] for w in windows) if windows else float("nan")
+    verdict = "PASS" if ratio >= 0.5 else "FAIL"
+    print(
+        f"  steady state, all phases (FLOP-weighted): loop / model = {ratio:.0%} (target >= 50%): {verdict}"
+    )
+    print(
+        f"  whole loop incl. first windows, sample grids, checkpoints: {whole / 1e9:.1f} GFLOP/s; "
+        f"run wall {wall:.0f} s (start-up included), {summary.global_step} steps; "
+        f"1-min load average {load_before:.1f} before, {load_after:.1f} after"
+    )
+    return ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps <= args.warmup:
         raise SystemExit("benchmark.py train: error: --steps must exceed --warmup")
+    import ray
+
     from microdit.train.trainer import connect_ray
 
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):  # connect_ray's cluster, quieter
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            dashboard_host="127.0.0.1",
+            include_dashboard=True,
+            log_to_driver=False,
+        )
     connect_ray()
+    if args.part in ("all", "demo"):
+        with tempfile.TemporaryDirectory(prefix="microdit-bench-demo-") as storage:
+            demo_vs_model(args, storage)
+    if args.part == "demo":
+        return 0
     config = {
         "steps": args.steps,
         "batch": args.batch,

@@ -20,7 +20,10 @@ stream built with ``state=`` continues with the very next row: no duplicate, no 
 restart must keep seed, shuffle_buffer, world size and the sets (checked; a mismatch is a
 ``ConfigError``); batch size and even the fraction may change (the Bresenham target self-corrects).
 
-Ray Data does the I/O (``microdit.data.source_stream``): per source, Ray tasks read whole
+Small sources (the demo sets) are read once per worker process and served from memory, with the
+same windows and permutations (``microdit.data.source_stream``: a Ray Data execution costs
+seconds to start and its background threads slow the training step while it runs). For larger
+sources Ray Data does the I/O: per source, Ray tasks read whole
 windows (only the needed columns) in the background, in order; the worker applies the window's
 permutation while copying rows out of the fixed-size-binary buffers (viewed with
 ``np.frombuffer``, no per-row parsing) into the output tensors, the one copy it must make
@@ -63,6 +66,8 @@ class MixedStream:
     bool (True = real token), ``is_synthetic`` (B,) bool, and ``id`` (list of B str) when
     ``with_ids``. ``dtype=torch.float16`` yields the stored fp16 instead: half the bytes, and the
     cast then happens on the GPU (on CPU the fp16 -> fp32 cast is the stream's largest cost).
+    ``in_memory_max_bytes``: a source whose needed columns fit is served from memory instead of
+    Ray Data (default ``source_stream.IN_MEMORY_MAX_BYTES``; 0 always streams). Same rows, same order.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class MixedStream:
         state: dict[str, Any] | None = None,
         with_ids: bool = False,
         dtype: torch.dtype = torch.float32,
+        in_memory_max_bytes: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: must be >= 1 per worker")
@@ -102,7 +108,15 @@ class MixedStream:
             positions = self._restore(state, refs, manifests)
         self.sources = {
             name: SourceStream(
-                name, refs[name], manifests[name], columns, config, rank, world_size, positions[name]
+                name,
+                refs[name],
+                manifests[name],
+                columns,
+                config,
+                rank,
+                world_size,
+                positions[name],
+                in_memory_max_bytes=in_memory_max_bytes,
             )
             for name in refs
         }
