@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The local S3-compatible server (``s3_bucket``) listens on this port. The variables are set before
+# any Ray cluster starts, so Ray workers inherit them as they would on a configured node.
+S3_PORT = _free_port()
+os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # OpenMP threads that spin while waiting fight Ray's processes on 2 cores (2-7x slower tests).
@@ -20,6 +39,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new cluster, never one a test (or a stale address file) left behind
             num_cpus=2,
             include_dashboard=True,  # Train V2's placement-group cleaner needs the state API
             dashboard_host="127.0.0.1",
@@ -41,3 +61,38 @@ def tiny_demo(ray_local, tmp_path_factory):
     from microdit.data.demo import ensure_demo_sets
 
     return ensure_demo_sets(tmp_path_factory.mktemp("demo"), resolution=32, size="tiny")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto, ``tests/s3_server.py``) on 127.0.0.1 at ``$AWS_ENDPOINT_URL``, for the session."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    port = int(endpoint.rsplit(":", 1)[1])
+    script = os.path.join(os.path.dirname(__file__), "s3_server.py")
+    proc = subprocess.Popen([sys.executable, script, str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {endpoint}") from None
+            time.sleep(0.2)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the local S3 server: its ``s3://`` URI (one per test)."""
+    import pyarrow.fs as pafs
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    fs = pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True,
+                           access_key="testing", secret_key="testing", region="us-east-1")
+    fs.create_dir(name)
+    return f"s3://{name}"

@@ -17,14 +17,24 @@ from typing import Any
 
 RUN_NAME_TAG = "microdit.run_name"
 KIND_TAG = "microdit.kind"  # train | sweep | trial | evaluate
-DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def default_uri() -> str:
+    """``sqlite:///<root>/mlflow.db`` beside the runs (``~/microdit`` unless $MICRODIT_ROOT is a local
+    path): one machine only; clusters use an ``mlflow server`` (``cluster.check_tracking_fits_cluster``)."""
+    from microdit.storage import local_root
+
+    return "sqlite:///" + os.path.join(local_root(), "mlflow.db")
 
 
 def tracking_uri(configured: str | None = None) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """Config value, else $MLFLOW_TRACKING_URI, else ``default_uri()`` (never the working directory,
+    which ``ray job submit`` replaces with a temporary copy)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])  # stable across Ray workers' cwd
+    if uri.startswith("sqlite:////"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
     return uri
 
 

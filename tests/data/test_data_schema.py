@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from microdit.data.manifest import DATA_ROOT_ENV, Manifest, resolve_set_path, save_manifest
+from microdit import storage
+from microdit.data.manifest import DATA_ROOT_ENV, Manifest, data_root, resolve_set_path, save_manifest
 from microdit.data.plan import plan_pass, synthetic_rows, window_permutation
 from microdit.data.reader import read_set
 from microdit.data.schema import (
@@ -103,12 +104,26 @@ def test_read_set_concatenates_shards_and_builds_the_mask(tmp_path):
 
 
 def test_resolve_set_path_uses_the_data_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path / "..")
+    cwd = os.getcwd()
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
-    assert resolve_set_path("demo_real") == tmp_path / "demo_real"
-    assert resolve_set_path("./x/y") == Path("x/y")  # relative paths stay relative to the cwd, not the root
-    assert resolve_set_path("x/y") == Path("x/y") and resolve_set_path("../s") == Path("../s")
-    assert resolve_set_path("~/s") == Path.home() / "s"
-    assert str(resolve_set_path("/abs/set")) == "/abs/set"
+    assert resolve_set_path("demo_real") == str(tmp_path / "demo_real")
+    assert resolve_set_path(tmp_path / "p") == str(tmp_path / "p")  # os.PathLike is accepted
+    # relative paths resolve against the working directory (to absolute paths), never the data root
+    assert resolve_set_path("./x/y") == os.path.join(cwd, "x/y") != str(tmp_path / "x/y")
+    assert resolve_set_path("x/y") == os.path.join(cwd, "x/y")
+    assert resolve_set_path("../s") == os.path.join(os.path.dirname(cwd), "s")
+    assert resolve_set_path("~/s") == os.path.join(os.path.expanduser("~"), "s")
+    assert resolve_set_path("/abs/set") == "/abs/set"
+    assert resolve_set_path("s3://b/sets/x") == "s3://b/sets/x"  # URIs are left untouched
+    monkeypatch.setenv(DATA_ROOT_ENV, "s3://b/d")
+    assert data_root() == "s3://b/d" and resolve_set_path("demo_real") == "s3://b/d/demo_real"
+    monkeypatch.delenv(DATA_ROOT_ENV)
+    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "root"))
+    assert data_root() == str(tmp_path / "root" / "data")
+    assert resolve_set_path("demo_real") == str(tmp_path / "root" / "data" / "demo_real")
+    with pytest.raises(ConfigError, match="empty data set reference"):
+        resolve_set_path("")
 
 
 @pytest.mark.parametrize("f", [Fraction(0), Fraction(3, 10), Fraction(1), Fraction(1, 3)])

@@ -8,6 +8,7 @@ the variable is set too, for anything that resolves bare set names in the driver
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def train_demo(ray_local, tmp_path_factory) -> dict[str, Path]:
 
     sets = ensure_demo_sets(tmp_path_factory.mktemp("train-demo"), resolution=32, size="tiny")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MICRODIT_DATA_ROOT", str(sets["demo_real"].parent))
+        patch.setenv("MICRODIT_DATA_ROOT", os.path.dirname(sets["demo_real"]))
         yield sets
 
 

@@ -41,7 +41,11 @@ def test_tiny_run_end_to_end(baseline):
     assert run.data.params["model.size"] == "MicroDiT_Nano_4"
     assert run.data.params["resolved_model.caption_dim"] == "384"  # taken from the data's text encoder
     artifacts = {a.path for a in mlflow_client(uri).list_artifacts(run.info.run_id)}
-    assert {"recipe.yaml", "weights"} <= artifacts
+    assert {"recipe.yaml", "recipe.json"} <= artifacts
+    # the final weights sit in the run's last checkpoint, in its storage; the run says where
+    assert run.data.tags["microdit.weights"] == summary.weights
+    assert summary.weights.startswith(recipe.tracking.storage_path + "/baseline/checkpoint_")
+    assert summary.weights.endswith("/final_weights.pt")
 
 
 def test_each_rank_reads_its_own_rows_once(baseline):

@@ -57,7 +57,7 @@ def test_worker_failure_resumes_exactly(train_demo, baseline, tmp_path):
     )
     summary = run_training(recipe)
 
-    assert (tmp_path / "runs" / "baseline" / "final" / f"failed_once_at_{FAIL_AT}").exists()
+    assert (tmp_path / "runs" / "baseline" / f"failed_once_at_{FAIL_AT}").exists()
     assert summary.global_step == baseline.summary.global_step == STEPS
     assert summary.images_seen == baseline.summary.images_seen == STEPS * BATCH
     _assert_same_rows_as_baseline(ids_dir, baseline)

@@ -20,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="Train workers per trial")
     args = parser.parse_args(argv)
 
+    from microdit.cluster import connect_ray
     from microdit.config.sweep import load_sweep
     from microdit.data.demo import ensure_demo_sets
     from microdit.sweep.report import build_report
     from microdit.sweep.runner import run_sweep
     from microdit.tracking import find_run
-    from microdit.train.trainer import connect_ray
 
     connect_ray()
     tmp = Path(tempfile.mkdtemp(prefix="microdit-bench-sweep-"))

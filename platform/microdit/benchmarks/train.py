@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("benchmark.py train: error: --steps must exceed --warmup")
     import ray
 
-    from microdit.train.trainer import connect_ray
+    from microdit.cluster import connect_ray
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):  # connect_ray's cluster, quieter
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")

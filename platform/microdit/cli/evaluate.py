@@ -1,7 +1,8 @@
 """``microdit evaluate --checkpoint PATH_OR_RUN --reference SET --num-samples N [--guidance 5 --steps 30]``.
 
-PATH_OR_RUN is a ``final_weights.pt``, a training checkpoint directory, or an MLflow run id /
-run name of a training run (its Ray run folder's final weights). Metrics (``fid_<N>``,
+PATH_OR_RUN is a ``final_weights.pt``, a training checkpoint directory (local paths or URIs such
+as ``s3://bucket/runs/x/checkpoint_…``), or an MLflow run id / run name of a training run (the
+final weights its last checkpoint holds, tag ``microdit.weights``). Metrics (``fid_<N>``,
 ``clip_score`` when a CLIP model is given) and a sample grid go to that run's MLflow record,
 or to a new ``evaluate`` run when a path was given.
 """
@@ -29,14 +30,18 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def resolve_checkpoint(ref: str, uri: str) -> tuple[Path, str | None]:
-    """(weights path, MLflow run id of the training run or None)."""
+def resolve_checkpoint(ref: str, uri: str) -> tuple[str, str | None]:
+    """(weights location, MLflow run id of the training run or None)."""
+    from microdit import storage
     from microdit.errors import ConfigError
     from microdit.tracking import client
+    from microdit.train.trainer import WEIGHTS_TAG
 
-    path = Path(ref)
-    if path.exists():
-        return path, None
+    if storage.is_uri(ref) or Path(ref).exists():
+        location = storage.resolve(ref)
+        if not storage.exists(location):
+            raise ConfigError(f"--checkpoint {ref!r}: nothing at {location}")
+        return location, None
     mlflow_client = client(uri)
     try:
         run = mlflow_client.get_run(ref)
@@ -49,20 +54,20 @@ def resolve_checkpoint(ref: str, uri: str) -> tuple[Path, str | None]:
         if not runs:
             raise ConfigError(f"--checkpoint {ref!r}: not a file, not an MLflow run id or run name at {uri}") from None
         run = runs[0]
-    folder = run.data.tags.get("microdit.ray_run_path")
-    if not folder or not (Path(folder) / "final" / "final_weights.pt").exists():
+    weights = run.data.tags.get(WEIGHTS_TAG)
+    if not weights or not storage.exists(weights):
         raise ConfigError(f"--checkpoint {ref!r}: MLflow run {run.info.run_id} has no final weights "
-                          f"(tag microdit.ray_run_path={folder!r}); did the run finish?")
-    return Path(folder) / "final" / "final_weights.pt", run.info.run_id
+                          f"(tag {WEIGHTS_TAG}={weights!r}); did the run finish?")
+    return weights, run.info.run_id
 
 
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from microdit.cluster import connect_ray
     from microdit.config.recipe import deviation_from_official
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
     from microdit.tracking import client, finish_run, get_or_create_run, tracking_uri
-    from microdit.train.trainer import connect_ray
 
     uri = tracking_uri(args.mlflow_uri)
     weights, run_id = resolve_checkpoint(args.checkpoint, uri)
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_weights(weights, config, grid_path=grid, which=args.weights)
         created = run_id is None
         if created:
-            run_id, _ = get_or_create_run(uri, args.experiment, f"eval-{weights.parent.parent.name}-{args.num_samples}",
+            run_id, _ = get_or_create_run(uri, args.experiment, f"eval-{_run_label(weights)}-{args.num_samples}",
                                           "evaluate", tags={"microdit.weights": str(weights)})
         mlflow_client = client(uri)
         for key, value in metrics.items():
@@ -92,3 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if deviation:
         print(f"note: sampled with {deviation}")
     return 0
+
+
+def _run_label(weights: str) -> str:
+    """The training run's name from a weights location (``…/<run>/checkpoint_…/final_weights.pt``)."""
+    from microdit import storage
+
+    folder = storage.parent(weights) if weights.endswith(".pt") else weights
+    return storage.name(storage.parent(folder)) or "weights"

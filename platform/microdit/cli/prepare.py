@@ -5,8 +5,10 @@
                      [--vae pixels|HUB_ID|DIR] [--text-encoder minilm|HUB_ID|DIR] [--max-length 77] ...
 
 SOURCE is an image folder (sidecar .txt captions), a .jsonl/.csv index, a WebDataset .tar (or a
-folder of them), or a Parquet file (or folder) with image bytes + captions; ``--format`` overrides
-the guess. The CLI only validates and resolves options, then calls ``microdit.data.prepare``.
+folder of them), or a Parquet file (or folder) with image bytes + captions, on a local or shared
+disk; ``--format`` overrides the guess. ``--out`` and ``--root`` may be local directories or
+object-store URIs (``s3://bucket/sets/x``); a bare ``--out`` name lands under $MICRODIT_DATA_ROOT
+(default <$MICRODIT_ROOT>/data). The CLI only validates and resolves options, then calls ``microdit.data.prepare``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="'demo', or an image folder / index / .tar / .parquet path")
-    parser.add_argument("--out", help="set directory, or a bare name under $MICRODIT_DATA_ROOT")
-    parser.add_argument("--root", help="demo only: directory for the demo sets (default $MICRODIT_DATA_ROOT)")
+    parser.add_argument("--out", help="set directory or URI (s3://...), or a bare name under $MICRODIT_DATA_ROOT")
+    parser.add_argument(
+        "--root", help="demo only: directory or URI for the demo sets (default $MICRODIT_DATA_ROOT)"
+    )
     parser.add_argument("--size", default="default", help="demo only: tiny | small | default")
     parser.add_argument("--tag", default="real", choices=("real", "synthetic"))
     parser.add_argument("--format", default="auto", choices=("auto", "folder", "webdataset", "parquet"))
@@ -91,7 +95,7 @@ def build_config(args: argparse.Namespace) -> PrepareConfig:
     path = Path(args.source).expanduser()
     kind = guess_format(path) if args.format == "auto" else args.format
     if not args.out:
-        raise ConfigError("--out is required: a set directory or a bare set name")
+        raise ConfigError("--out is required: a set directory, a URI (s3://...) or a bare set name")
     source = {
         "kind": kind,
         "path": str(path),
@@ -149,10 +153,11 @@ def run_demo(args: argparse.Namespace) -> int:
             "--out is not used by `prepare demo`: the sets are named demo_real, demo_real_heldout "
             "and demo_synthetic under --root"
         )
+    from microdit import storage
     from microdit.data.demo import demo_configs, ensure_demo_sets
     from microdit.data.manifest import data_root, load_manifest
 
-    root = Path(args.root).expanduser() if args.root else data_root()
+    root = storage.resolve(args.root) if args.root else data_root()
     resolutions = args.resolution or [32]
     max_length = args.max_length or 32
     if args.dry_run:

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print trials and predicted cost, run nothing")
     parser.add_argument("--images-per-s", type=float, default=None,
                         help="throughput for the dry-run prediction (default: assumed MFU 0.5 on GPUs, 20 img/s on CPU)")
-    parser.add_argument("--storage", default=None, help="where Tune and trial runs live (default ./microdit_runs)")
+    parser.add_argument("--storage", default=None, help="storage root of this sweep: a path or URI such as s3://bucket/microdit (default $MICRODIT_ROOT or ~/microdit)")
     parser.add_argument("--allow-changed-spec", action="store_true",
                         help="resume a sweep even though its spec changed since it started (default: refuse)")
     parser.set_defaults(func=run)

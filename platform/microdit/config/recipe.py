@@ -154,9 +154,9 @@ class ResourcesConfig(StrictModel):
 class TrackingConfig(StrictModel):
     """MLflow and checkpoint settings."""
 
-    mlflow_uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the cwd
+    mlflow_uri: str | None = None  # None = $MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db (one machine)
     experiment: str = "microdit"
-    storage_path: str | None = None  # Ray Train storage; None = ./microdit_runs
+    storage_path: str | None = None  # Ray Train runs: a path or URI; None = <root>/runs ($MICRODIT_ROOT)
     log_every_steps: PositiveInt = 10
     checkpoint_every_steps: PositiveInt = 100
     keep_checkpoints: PositiveInt = 2

@@ -1,8 +1,10 @@
 """The embedded default data: build the three demo sets once, quickly, offline.
 
 ``ensure_demo_sets(root=None, resolution=32, size="default")`` returns
-``{"demo_real": Path, "demo_real_heldout": Path, "demo_synthetic": Path}`` under ``root``
-(default ``$MICRODIT_DATA_ROOT``), building whatever is missing with the ``prepare`` pipeline:
+``{"demo_real": str, "demo_real_heldout": str, "demo_synthetic": str}``: the sets' locations
+under ``root`` (a local or shared directory or an object-store URI such as ``s3://bucket/data``;
+default ``microdit.data.manifest.data_root()``), building whatever is missing with the
+``prepare`` pipeline:
 
 - ``demo_real``: OpenMoji emoji (``microdit.data.emoji``), captions = emoji names, tag real;
 - ``demo_real_heldout``: a disjoint slice of the same seeded emoji order, the FID reference;
@@ -12,22 +14,24 @@ All use the ``pixels`` VAE (latent = image in [-1, 1], C = 3) and the packaged M
 encoder (Dy = 384) with ``max_length`` tokens (32: emoji names and the templates fit). It is
 idempotent (a complete set with the same settings is left alone, an interrupted one is
 finished, one with other settings is rebuilt: demo sets are cheap and derived), and safe
-against concurrent callers (a file lock in ``root``). Sizes: ``tiny`` (tests, seconds), ``small``
-(~30 s), ``default`` (every emoji not held out + 4,000 synthetic; about a minute on 2 cores).
+against concurrent callers (a file lock in ``root``; for an object-store root, a lock file in the
+local temporary directory, which serialises the callers on one machine). Sizes: ``tiny`` (tests,
+seconds), ``small`` (~30 s), ``default`` (every emoji not held out + 4,000 synthetic; about a minute on 2 cores).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from microdit import storage
 from microdit.config.data import PrepareConfig, SourceConfig, TextEncoderConfig, VaeConfig
 from microdit.data.emoji import available_emoji
-from microdit.data.manifest import MANIFEST, data_root, load_manifest
+from microdit.data.manifest import data_root, load_manifest, set_exists
 from microdit.data.prepare import content_fingerprint, prepare, recorded_fingerprint
 from microdit.errors import ConfigError
 
@@ -51,14 +55,14 @@ DEMO_SIZES = {
 
 
 def demo_configs(
-    root: Path,
+    root: str,
     resolutions: Sequence[int],
     size: str = "default",
     seed: int = 0,
     max_length: int = 32,
     num_encoders: int = 1,
 ) -> dict[str, PrepareConfig]:
-    """The three ``PrepareConfig`` of the demo sets (pure: no I/O)."""
+    """The three ``PrepareConfig`` of the demo sets under the location ``root`` (pure: no I/O)."""
     if size not in DEMO_SIZES:
         raise ConfigError(f"demo size {size!r} unknown; allowed: {', '.join(DEMO_SIZES)}")
     spec = DEMO_SIZES[size]
@@ -70,7 +74,7 @@ def demo_configs(
     def config(name: str, source: SourceConfig) -> PrepareConfig:
         return PrepareConfig(
             source=source,
-            out=str(root / name),
+            out=storage.join(root, name),
             resolutions=tuple(resolutions),
             vae=VaeConfig(),
             text_encoder=TextEncoderConfig(max_length=max_length),
@@ -122,32 +126,40 @@ def ensure_demo_sets(
     seed: int = 0,
     max_length: int = 32,
     progress: bool = False,
-) -> dict[str, Path]:
-    """Build the missing demo sets under ``root`` and return their directories (module docstring)."""
+) -> dict[str, str]:
+    """Build the missing demo sets under ``root`` and return their locations (module docstring)."""
     import ray
     from filelock import FileLock
 
     resolutions = [resolution] if isinstance(resolution, int) else list(resolution)
-    root = Path(root).expanduser() if root is not None else data_root()
-    root.mkdir(parents=True, exist_ok=True)
+    root = storage.resolve(root) if root is not None else data_root()
+    storage.makedirs(root)
     if not ray.is_initialized():
         ray.init()
     # Two encoder actors halve the build on 2+ CPUs; tiny sets are dominated by actor start-up instead.
     encoders = 1 if size == "tiny" else max(1, min(2, int(ray.cluster_resources().get("CPU", 1))))
     configs = demo_configs(root, resolutions, size, seed, max_length, num_encoders=encoders)
-    with FileLock(str(root / ".demo.lock")):
+    with FileLock(_lock_file(root)):
         for config in configs.values():
-            out = Path(config.out)
-            if (out / MANIFEST).exists() and _settings_differ(out, config):
+            out = config.out
+            if set_exists(out) and _settings_differ(out, config):
                 log.warning("demo set %s was built with other settings; rebuilding it", out)
-                shutil.rmtree(out)
+                storage.delete(out)
             summary = prepare(config, progress=progress)
             if not summary.already_complete:
                 log.info("%s", summary.format())
-    return {name: Path(config.out) for name, config in configs.items()}
+    return {name: config.out for name, config in configs.items()}
 
 
-def _settings_differ(out: Path, config: PrepareConfig) -> bool:
+def _lock_file(root: str) -> str:
+    """``root/.demo.lock`` on a disk; for an object store, a local file named after the root."""
+    if not storage.is_uri(root):
+        return storage.join(root, ".demo.lock")
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"microdit-demo-{digest}.lock")
+
+
+def _settings_differ(out: str, config: PrepareConfig) -> bool:
     recorded = recorded_fingerprint(load_manifest(out).prepare)
     wanted = content_fingerprint(config)
     return any(recorded.get(key) != value for key, value in wanted.items())

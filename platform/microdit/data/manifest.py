@@ -1,9 +1,15 @@
 """Where prepared sets live and what their ``manifest.json`` says.
 
-A prepared set is a directory: ``manifest.json`` + ``shard-NNNNNN.parquet`` files (format in
-``microdit.data.schema``). A set reference is a path (absolute, relative, or ``~``), or a bare
-name (no path separator) resolved under ``$MICRODIT_DATA_ROOT`` (default
-``~/.cache/microdit/data``): ``resolve_set_path("demo_real")``.
+A prepared set is a directory (a prefix on an object store): ``manifest.json`` +
+``shard-NNNNNN.parquet`` files (format in ``microdit.data.schema``), read and written through
+``microdit.storage``, so a set may sit on a local or shared disk or under an ``s3://`` (``gs://``,
+...) URI. A set location is a plain ``str``: an absolute local path or a URI.
+
+A set reference is a URI (kept as given), a path (absolute, relative to the working directory, or
+``~``; made absolute), or a bare name (no ``/``, not starting with ``.`` or ``~``) resolved under
+the data root: ``$MICRODIT_DATA_ROOT`` when set (a directory or a URI), else ``<storage root>/data``
+(``$MICRODIT_ROOT``, default ``~/microdit``): ``resolve_set_path("demo_real")``. Resolve once, in
+the driver, and hand workers the resolved location (a worker's environment may differ).
 
 The manifest records everything a consumer needs without opening a shard: the VAE (``pixels``
 or hub id / path, scaling and shift factor, so evaluation can decode latents), the text encoder
@@ -18,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
+from microdit import storage
 from microdit.data.schema import SCHEMA_VERSION, TEXT_EMB, latent_column
 from microdit.errors import ConfigError
 
@@ -28,18 +34,33 @@ DATA_ROOT_ENV = "MICRODIT_DATA_ROOT"
 MANIFEST = "manifest.json"
 
 
-def data_root() -> Path:
-    """``$MICRODIT_DATA_ROOT`` or ``~/.cache/microdit/data``."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or "~/.cache/microdit/data").expanduser()
+def data_root() -> str:
+    """Where bare set names live: ``$MICRODIT_DATA_ROOT`` (resolved; a path or a URI), else
+    ``<storage root>/data`` (``$MICRODIT_ROOT``, default ``~/microdit``)."""
+    configured = os.environ.get(DATA_ROOT_ENV)
+    return storage.resolve(configured) if configured else storage.join(storage.root(), "data")
 
 
-def resolve_set_path(ref: str | os.PathLike) -> Path:
-    """A set reference -> its directory. Bare names resolve under ``data_root()``."""
-    text = os.fspath(ref)
+def resolve_set_path(ref: str | os.PathLike) -> str:
+    """A set reference -> its location (module docstring): a bare name -> ``data_root()/name``;
+    a URI -> unchanged; a path -> absolute (``~`` expanded, relative to the working directory)."""
+    text = os.fspath(ref).strip()
     if not text:
-        raise ConfigError("empty data set reference: give a directory path or a set name")
-    is_bare = os.sep not in text and "/" not in text and not text.startswith((".", "~"))
-    return (data_root() / text) if is_bare else Path(text).expanduser()
+        raise ConfigError("empty data set reference: give a directory path, a URI or a set name")
+    is_bare = (
+        not storage.is_uri(text) and os.sep not in text and "/" not in text and not text.startswith((".", "~"))
+    )
+    return storage.join(data_root(), text) if is_bare else storage.resolve(text)
+
+
+def manifest_location(ref: str | os.PathLike) -> str:
+    """The location of a set's ``manifest.json`` (``ref`` as for ``resolve_set_path``)."""
+    return storage.join(resolve_set_path(ref), MANIFEST)
+
+
+def set_exists(ref: str | os.PathLike) -> bool:
+    """True when the set has a ``manifest.json`` (complete or not)."""
+    return storage.is_file(manifest_location(ref))
 
 
 @dataclass
@@ -104,13 +125,18 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def load_manifest(path: str | os.PathLike) -> Manifest:
-    """Read ``<set>/manifest.json`` (``path`` may be the set directory, the file, or a bare name)."""
-    directory = resolve_set_path(path)
-    file = directory if directory.name == MANIFEST else directory / MANIFEST
-    if not file.is_file():
-        raise ConfigError(f"no prepared set at {file.parent}: {MANIFEST} is missing; run `microdit prepare`")
-    data = json.loads(file.read_text())
+def load_manifest(ref: str | os.PathLike) -> Manifest:
+    """Read ``<set>/manifest.json`` (``ref``: the set's location, its manifest file, or a bare name)."""
+    location = resolve_set_path(ref)
+    if storage.name(location) == MANIFEST:
+        location = storage.parent(location)
+    file = storage.join(location, MANIFEST)
+    try:
+        data = json.loads(storage.read_text(file))
+    except FileNotFoundError:
+        raise ConfigError(f"no prepared set at {location}: {MANIFEST} is missing; run `microdit prepare`") from None
+    except OSError as err:  # e.g. a missing bucket or no access
+        raise ConfigError(f"cannot read the prepared set at {location}: {err}") from err
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ConfigError(
@@ -120,8 +146,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(data)
 
 
-def save_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write the manifest atomically (temp + rename), so readers never see half a file."""
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp, directory / MANIFEST)
+def save_manifest(location: str | os.PathLike, manifest: Manifest) -> None:
+    """Write ``<location>/manifest.json`` atomically (``storage.write_text``: temp + rename on a
+    disk, one upload to an object store), so readers never see half a file."""
+    storage.write_text(
+        storage.join(os.fspath(location), MANIFEST), json.dumps(manifest.to_dict(), indent=2, sort_keys=True)
+    )

@@ -11,30 +11,39 @@ the encoder actors because their resources match, on GPU clusters decoding runs 
       -> EncodeAndWrite   actor pool (``num_encoders`` actors, ``gpus_per_encoder`` each): VAE on
                           [-1, 1] images and text encoder on captions in ``encode_batch_size``
                           micro-batches, fp16 -> one shard written atomically -> a summary row
+                          holding the shard's footer metadata
       -> driver           progress bar, then the manifest
+
+The output (``out``) is a set location (``microdit.data.manifest.resolve_set_path``): a local or
+shared directory or an object-store URI (``s3://bucket/sets/x``). The actors may run on other
+nodes and write their shards straight to it through ``microdit.storage``; the driver never reads
+its own disk to learn what they wrote: the manifest is built from the metadata the actors return,
+plus, for shards an earlier run wrote, their footers read through storage.
 
 Resume without duplicates: the source's item list is deterministic, so it is cut into fixed
 units of ``rows_per_shard`` items and unit ``i`` always becomes ``shard-<i>.parquet``. A shard
-file exists whole or not at all (temp + rename), so a re-run processes only the units whose
-shard is missing; a finished set (``complete`` manifest, same config, same items) is a no-op. A
+file exists whole or not at all (temp + rename on a disk, one upload to an object store), so a
+re-run processes only the units whose shard is missing (listed through storage); a finished set (``complete`` manifest, same config, same items) is a no-op. A
 re-run with a different config or a changed source is refused rather than mixing encodings.
 Skipped items are counted per shard (in its metadata) and summed into the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from microdit import storage
 from microdit.config.data import PrepareConfig, SourceConfig
 from microdit.data.images import (
     NO_CAPTION,
@@ -44,14 +53,8 @@ from microdit.data.images import (
     decode_image,
     resize_center_crop,
 )
-from microdit.data.manifest import MANIFEST, Manifest, load_manifest, resolve_set_path, save_manifest
-from microdit.data.schema import (
-    SHARD_GLOB,
-    latent_column,
-    shard_metadata,
-    shard_name,
-    tensor_specs,
-)
+from microdit.data.manifest import Manifest, load_manifest, resolve_set_path, save_manifest, set_exists
+from microdit.data.schema import latent_column, shard_footers, shard_index, shard_name, tensor_specs
 from microdit.data.sources import default_dataset_name, open_source
 from microdit.errors import ConfigError
 
@@ -63,7 +66,7 @@ _RUNTIME_FIELDS = ("encode_batch_size", "num_encoders", "gpus_per_encoder", "cpu
 class PrepareSummary:
     """What one ``prepare`` call did (``rows_written`` / ``skipped`` count this call only)."""
 
-    out: Path
+    out: str  # the set's location (absolute path or URI)
     rows_written: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     shards_written: int = 0
@@ -120,7 +123,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
 
     started = time.perf_counter()
     out = resolve_set_path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out)
     source = open_source(config.source, image_size=max(config.resolutions))
     refs = source.refs()
     keys = [r["key"] for r in refs]
@@ -135,7 +138,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
     fingerprint = {**content_fingerprint(config), "items": len(refs), "items_sha256": items_hash}
 
     created, seconds_before = None, 0.0
-    if (out / MANIFEST).exists():
+    if set_exists(out):
         previous = load_manifest(out)
         created, seconds_before = previous.created, previous.seconds
         recorded = recorded_fingerprint(previous.prepare)
@@ -148,9 +151,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
             return PrepareSummary(
                 out, shards_total=len(previous.shards), rows_total=previous.rows_total, already_complete=True
             )
-    for stale in out.glob(".*.tmp"):  # a write that died before its rename
-        stale.unlink()
-    done = {int(p.stem.split("-")[1]) for p in out.glob(SHARD_GLOB)}
+    _remove_stale_temps(out)
+    done = {i for i in map(shard_index, storage.list_names(out)) if i is not None}
     pending = [i for i in range(len(units)) if i not in done]
     dataset = default_dataset_name(config.source)
     started_manifest = _manifest(config, out, dataset, fingerprint, len(units), complete=False)
@@ -158,6 +160,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
     save_manifest(out, started_manifest)
 
     summary = PrepareSummary(out)
+    written: dict[int, dict[str, Any]] = {}  # unit -> footer metadata of the shard written now
     if pending:
         if not ray.is_initialized():
             ray.init()
@@ -178,15 +181,16 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
             EncodeAndWrite,
             batch_size=1,
             batch_format="pyarrow",
-            fn_constructor_kwargs={"config": config.to_dict(), "out": str(out)},
+            fn_constructor_kwargs={"config": config.to_dict(), "out": out},
             compute=ray.data.ActorPoolStrategy(size=config.num_encoders),
             num_gpus=config.gpus_per_encoder or None,
             num_cpus=config.cpus_per_encoder,
         )
         ds.context.enable_progress_bars = False
         skipped: Counter[str] = Counter()
-        bar = _progress(len(pending), out.name, progress)
+        bar = _progress(len(pending), storage.name(out), progress)
         for row in ds.iter_rows():
+            written[int(row["unit"])] = json.loads(row["meta"])
             summary.rows_written += row["rows"]
             summary.shards_written += 1
             skipped.update(json.loads(row["skipped"]))
@@ -195,7 +199,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
         bar.close()
         summary.skipped = dict(skipped)
 
-    manifest = _finalise(config, out, dataset, fingerprint, len(units))
+    earlier = shard_footers(out, sorted(done))  # shards of earlier runs: their footers, through storage
+    manifest = _finalise(config, out, dataset, fingerprint, len(units), {**earlier, **written})
     manifest.created = started_manifest.created
     manifest.seconds = round(seconds_before + time.perf_counter() - started, 3)
     save_manifest(out, manifest)
@@ -256,7 +261,7 @@ class EncodeAndWrite:
         from microdit.data.encoders import build_image_encoder, build_text_encoder
 
         self.config = PrepareConfig.from_dict(config)
-        self.out = Path(out)
+        self.out = out  # a resolved location: never re-resolved here (this may be another node)
         use_gpu = self.config.gpus_per_encoder > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         if not use_gpu:
@@ -278,7 +283,7 @@ class EncodeAndWrite:
         import torch
 
         from microdit.data.images import to_model_range
-        from microdit.data.schema import build_table, write_shard
+        from microdit.data.schema import build_table, table_metadata, write_shard
 
         started = time.perf_counter()
         unit = batch.column("unit")[0].as_py()
@@ -316,22 +321,24 @@ class EncodeAndWrite:
             "vae": {**self.vae.describe(), "dtype": "float16", "compute_dtype": "float32"},
             "text_encoder": {**self.text.describe(), "dtype": "float16", "compute_dtype": "float32"},
         }
-        write_shard(build_table(rows, self.tensors, extra), self.out / shard_name(unit))
+        table = build_table(rows, self.tensors, extra)
+        write_shard(table, storage.join(self.out, shard_name(unit)))
         return pa.table(
             {
                 "unit": [unit],
                 "rows": [n],
                 "skipped": [json.dumps(meta["skipped"])],
+                "meta": [json.dumps(table_metadata(table))],  # = shard_metadata() of the shard
                 "seconds": [time.perf_counter() - started],
             }
         )
 
 
 def _manifest(
-    config: PrepareConfig, out: Path, dataset: str, fingerprint: dict[str, Any], units: int, complete: bool
+    config: PrepareConfig, out: str, dataset: str, fingerprint: dict[str, Any], units: int, complete: bool
 ) -> Manifest:
     return Manifest(
-        name=out.name,
+        name=storage.name(out),
         dataset=dataset,
         source=config.source.tag,
         vae={},
@@ -346,29 +353,36 @@ def _manifest(
 
 
 def _finalise(
-    config: PrepareConfig, out: Path, dataset: str, fingerprint: dict[str, Any], units: int
+    config: PrepareConfig, out: str, dataset: str, fingerprint: dict[str, Any], units: int,
+    shards: dict[int, dict[str, Any]],
 ) -> Manifest:
-    """The complete manifest, rebuilt from the shard footers alone."""
+    """The complete manifest, from every shard's footer metadata (``unit -> metadata``: returned by
+    the actors for shards written now, read through storage for shards of earlier runs)."""
     manifest = _manifest(config, out, dataset, fingerprint, units, complete=True)
     skipped: Counter[str] = Counter()
     rows = 0
-    for path in sorted(out.glob(SHARD_GLOB)):
-        meta = shard_metadata(path)
-        manifest.shards.append({"file": path.name, "rows": meta["rows"]})
+    for unit in sorted(shards):
+        meta = shards[unit]
+        manifest.shards.append({"file": shard_name(unit), "rows": meta["rows"]})
         skipped.update(meta["skipped"])
         rows += meta["rows"]
-        manifest.vae, manifest.text_encoder, manifest.tensors = (
-            meta["vae"],
-            meta["text_encoder"],
-            meta["tensors"],
-        )
+        manifest.vae, manifest.text_encoder, manifest.tensors = meta["vae"], meta["text_encoder"], meta["tensors"]
     if len(manifest.shards) != units:
-        raise RuntimeError(
-            f"{out}: {len(manifest.shards)} shards for {units} units; re-run prepare to finish"
-        )
+        raise RuntimeError(f"{out}: {len(manifest.shards)} shards for {units} units; re-run prepare to finish")
     manifest.rows = {config.source.tag: rows}
     manifest.skipped = dict(skipped)
     return manifest
+
+
+def _remove_stale_temps(out: str) -> None:
+    """Delete temporary files of writes that died before their rename (local or shared disks only:
+    an object-store upload leaves nothing behind)."""
+    if storage.is_uri(out):
+        return
+    for entry in os.scandir(out):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:

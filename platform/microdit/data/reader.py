@@ -11,7 +11,9 @@ needs captions, ids and reference latents of a held-out set, which fit in memory
 - ``caption``, ``id``, ``source``, ``dataset``: lists of str; ``width``, ``height``: (N,) int32
 
 ``columns`` restricts the keys (e.g. ``["caption", "id"]`` reads no tensors at all). Rows come
-in shard order, then row order.
+in shard order, then row order. ``path`` is a set reference (``resolve_set_path``): a local
+directory, an object-store URI or a bare name; shards are read with pyarrow through
+``microdit.storage``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from microdit import storage
 from microdit.data.manifest import load_manifest, resolve_set_path
 from microdit.data.schema import (
     CAPTION,
@@ -34,6 +37,7 @@ from microdit.data.schema import (
     TEXT_LEN,
     WIDTH,
     latent_column,
+    read_shard,
     tensor_from_arrow,
 )
 from microdit.errors import ConfigError
@@ -82,7 +86,9 @@ def read_set(
             arrow_cols.add({"text_emb": TEXT_EMB, "width": WIDTH, "height": HEIGHT}[key])
 
     if max_rows is None:
-        tables = [pq.read_table(directory / s["file"], columns=sorted(arrow_cols)) for s in manifest.data_shards()]
+        tables = [
+            read_shard(storage.join(directory, s["file"]), sorted(arrow_cols)) for s in manifest.data_shards()
+        ]
     else:
         tables = _first_rows(directory, manifest.data_shards(), sorted(arrow_cols), max_rows)
     table = pa.concat_tables(tables) if tables else None
@@ -105,19 +111,20 @@ def read_set(
     return out
 
 
-def _first_rows(directory, shards: list[dict[str, Any]], columns: list[str], max_rows: int) -> list[pa.Table]:
+def _first_rows(directory: str, shards: list[dict[str, Any]], columns: list[str], max_rows: int) -> list[pa.Table]:
     """Row groups from the first shards until ``max_rows`` rows (the last one sliced)."""
     tables, rows = [], 0
     for shard in shards:
         if rows >= max_rows:
             break
-        parquet = pq.ParquetFile(directory / shard["file"])
-        for group in range(parquet.num_row_groups):
-            if rows >= max_rows:
-                break
-            table = parquet.read_row_group(group, columns=columns)
-            tables.append(table.slice(0, max_rows - rows))
-            rows += tables[-1].num_rows
+        with storage.open_input_file(storage.join(directory, shard["file"])) as f:
+            parquet = pq.ParquetFile(f)
+            for group in range(parquet.num_row_groups):
+                if rows >= max_rows:
+                    break
+                table = parquet.read_row_group(group, columns=columns)
+                tables.append(table.slice(0, max_rows - rows))
+                rows += tables[-1].num_rows
     return tables
 
 

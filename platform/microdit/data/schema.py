@@ -22,27 +22,33 @@ encoded it, so a manifest can always be rebuilt from the shards alone). Tensor c
 statistics or compression: fp16 noise-like data does not compress, and a dictionary-coded fp16
 column reads ~8x slower (SPEC §8).
 
-Writes are atomic: a shard is written to ``.<name>.tmp`` and renamed, so a file named
-``shard-*.parquet`` is always complete. A shard may hold zero rows (every item skipped); it
-still records that its unit of work is done.
+Shards live wherever ``microdit.storage`` reaches (a local or shared disk, or an object store
+such as ``s3://``); every function here takes a location string (an absolute path or a URI).
+Writes are atomic: on a disk a shard is written to a temporary ``.<name>.*.tmp`` in the same
+directory and renamed; on an object store it is written locally and uploaded in one piece. So a
+file named ``shard-*.parquet`` is always complete. A shard may hold zero rows (every item
+skipped); it still records that its unit of work is done.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from microdit import storage
+
 SCHEMA_VERSION = 1
 METADATA_KEY = b"microdit"
 ID, CAPTION, SOURCE, DATASET, WIDTH, HEIGHT = "id", "caption", "source", "dataset", "width", "height"
 TEXT_EMB, TEXT_LEN = "text_emb", "text_len"
 SHARD_GLOB = "shard-*.parquet"
+_SHARD_NAME = re.compile(r"^shard-(\d+)\.parquet$")
 
 
 def latent_column(resolution: int) -> str:
@@ -52,6 +58,12 @@ def latent_column(resolution: int) -> str:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.parquet"
+
+
+def shard_index(name: str) -> int | None:
+    """The unit index of a shard file name (``shard-000012.parquet`` -> 12); None for other names."""
+    match = _SHARD_NAME.match(name)
+    return int(match.group(1)) if match else None
 
 
 def tensor_to_arrow(array: np.ndarray) -> pa.FixedSizeBinaryArray:
@@ -128,29 +140,56 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_shard(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically (temp file in the same directory, then rename)."""
+def write_shard(table: pa.Table, location: str | os.PathLike) -> None:
+    """Write ``table`` to ``location`` atomically (module docstring: temp + rename on a disk, one
+    upload to an object store)."""
     meta = json.loads(table.schema.metadata[METADATA_KEY])
     tensor_cols = set(meta["tensors"])
     plain = [c for c in table.column_names if c not in tensor_cols]
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(
-        table,
-        tmp,
-        row_group_size=max(1, table.num_rows),  # one row group: a shard is read whole
-        use_dictionary=plain,  # never dictionary-code fp16 tensor columns (SPEC §8)
-        write_statistics=plain,
-        compression={c: ("none" if c in tensor_cols else "zstd") for c in table.column_names},
-    )
-    os.replace(tmp, path)
+    with storage.atomic_local_output(os.fspath(location)) as tmp:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=max(1, table.num_rows),  # one row group: a shard is read whole
+            use_dictionary=plain,  # never dictionary-code fp16 tensor columns (SPEC §8)
+            write_statistics=plain,
+            compression={c: ("none" if c in tensor_cols else "zstd") for c in table.column_names},
+        )
 
 
-def shard_metadata(path: Path) -> dict[str, Any]:
+def table_metadata(table: pa.Table) -> dict[str, Any]:
+    """What ``shard_metadata`` returns for the shard ``table`` becomes, without reading it back."""
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    meta["rows"] = table.num_rows
+    return meta
+
+
+def shard_metadata(location: str | os.PathLike) -> dict[str, Any]:
     """A shard's ``microdit`` metadata plus ``rows``, read from the Parquet footer only."""
-    footer = pq.read_metadata(path)
+    location = os.fspath(location)
+    with storage.open_input_file(location) as f:
+        footer = pq.read_metadata(f)
     raw = footer.metadata.get(METADATA_KEY) if footer.metadata else None
     if raw is None:
-        raise ValueError(f"{path}: no microdit metadata; not a shard written by `microdit prepare`")
+        raise ValueError(f"{location}: no microdit metadata; not a shard written by `microdit prepare`")
     meta = json.loads(raw)
     meta["rows"] = footer.num_rows
     return meta
+
+
+def shard_footers(directory: str, indices: list[int], threads: int = 16) -> dict[int, dict[str, Any]]:
+    """``shard_metadata`` of ``directory/shard_name(i)`` for each ``i``, read concurrently (on an
+    object store each footer is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not indices:
+        return {}
+    locations = [storage.join(directory, shard_name(i)) for i in indices]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(locations)))) as pool:
+        return dict(zip(indices, pool.map(shard_metadata, locations)))
+
+
+def read_shard(location: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """A shard's rows (``columns`` only), read with pyarrow through ``microdit.storage``."""
+    fs, path = storage.filesystem(os.fspath(location))
+    return pq.read_table(path, columns=columns, filesystem=fs)

@@ -22,6 +22,15 @@ execution costs seconds to start, and while it runs its scheduling and prefetch 
 worker's cores and GIL with the training step (measured on the 2-core demo box: a Nano_4 step at
 batch 16 took 425 ms with the two sources' executions open, 120 ms without).
 
+Shards are read with pyarrow through ``microdit.storage``, so a set may live on a local or shared
+disk or on an object store (``s3://``). Data locality: the Ray Data read tasks are soft-pinned to
+the consuming worker's node (``NodeAffinitySchedulingStrategy(node_id=<this node>, soft=True)``
+passed to ``map_batches``, which Ray 2.60 forwards to every ``TaskPoolStrategy`` task), so a
+window is read where it is consumed, not on an arbitrary node and then shipped over the network;
+Ray places a task elsewhere only when this node has no free CPU for it. (Ray 2.60 accepts it as a
+``**ray_remote_args`` entry with a ``RayDeprecationWarning``: those are to go in Ray 2.64, whose
+named ``label_selector`` / ``fallback_strategy`` parameters would then express the same.)
+
 Crossing the end of a pass starts the next seeded pass and logs a warning with the number of
 times the source's rows have now been repeated.
 """
@@ -29,7 +38,6 @@ times the source's rows have now been repeated.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -39,12 +47,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from microdit import storage
 from microdit.config.data import DataMixConfig
 from microdit.data.manifest import Manifest, resolve_set_path
 from microdit.data.plan import PassPlan, plan_pass, window_permutation
-from microdit.data.schema import tensor_from_arrow
+from microdit.data.schema import read_shard, tensor_from_arrow
 from microdit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,15 +72,15 @@ class ShardCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, path: str, columns: list[str]) -> pa.Table:
-        stat = os.stat(path)  # a re-prepared shard (new size or mtime) is read again
-        key = (path, tuple(columns), stat.st_size, stat.st_mtime_ns)
+    def get(self, location: str, columns: list[str]) -> pa.Table:
+        # a re-prepared shard (new size or mtime) is read again
+        key = (location, tuple(columns), *storage.file_stamp(location))
         with self._lock:
             table = self._tables.get(key)
             if table is not None:
                 self._tables.move_to_end(key)
                 return table
-        table = pq.read_table(path, columns=columns)
+        table = read_shard(location, columns)
         with self._lock:
             if key not in self._tables:
                 self._tables[key] = table
@@ -94,7 +102,7 @@ _SHARD_CACHE = ShardCache(CACHE_MAX_BYTES)
 def read_window(batch: pa.Table, columns: list[str]) -> pa.Table:
     """Ray task: one window item -> its shards' rows (``columns`` only), in file order, unshuffled."""
     files = batch.column("files")[0].as_py()
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([read_shard(f, columns) for f in files])
 
 
 class ReadWindow:
@@ -157,9 +165,8 @@ class SourceStream:
     ) -> None:
         self.name, self.columns, self.config = name, columns, config
         self.rank, self.world_size = rank, world_size
-        self.shards = [
-            (str(resolve_set_path(directory) / s["file"]), s["rows"]) for s in manifest.data_shards()
-        ]
+        location = resolve_set_path(directory)
+        self.shards = [(storage.join(location, s["file"]), s["rows"]) for s in manifest.data_shards()]
         if len(self.shards) < world_size:
             raise ConfigError(
                 f"data.{name}={directory!r} has {len(self.shards)} non-empty shards, fewer than "
@@ -230,7 +237,10 @@ class SourceStream:
 
     def _produce(self) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        # read where the rows are consumed (module docstring); soft: elsewhere when this node is full
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
         try:
             items = self._items()
             while not self._stop.is_set():
@@ -243,6 +253,7 @@ class SourceStream:
                     fn_kwargs={"columns": self.columns},
                     num_cpus=self.config.read_cpus,
                     compute=ray.data.TaskPoolStrategy(size=2),
+                    scheduling_strategy=here,
                 )
                 options = ds.context.execution_options
                 options.preserve_order = True  # our order, not task completion order

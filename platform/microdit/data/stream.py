@@ -20,6 +20,11 @@ stream built with ``state=`` continues with the very next row: no duplicate, no 
 restart must keep seed, shuffle_buffer, world size and the sets (checked; a mismatch is a
 ``ConfigError``); batch size and even the fraction may change (the Bresenham target self-corrects).
 
+``config.real`` / ``config.synthetic`` are set references (``microdit.data.manifest``): a local
+or shared directory, an object-store URI (``s3://…``; read through ``microdit.storage``) or a bare
+name under the data root. Give workers resolved locations: a bare name resolves with the
+environment of the process that builds the stream.
+
 Small sources (the demo sets) are read once per worker process and served from memory, with the
 same windows and permutations (``microdit.data.source_stream``: a Ray Data execution costs
 seconds to start and its background threads slow the training step while it runs). For larger

@@ -59,6 +59,7 @@ def prepare_reference(cfg: EvaluationConfig):
     driver before its first trial, so no trial pays for the reference Inception pass. Latents are
     decoded in batches of ``cfg.batch_size`` (a VAE decode of a whole real set in one call would
     not fit in memory)."""
+    from microdit import storage
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
     from microdit.evaluate.generate import LatentDecoder
@@ -73,7 +74,7 @@ def prepare_reference(cfg: EvaluationConfig):
     reference_images = np.concatenate([decoder(torch.from_numpy(latents[i:i + cfg.batch_size]
                                                            .astype(np.float32)))
                                        for i in range(0, max(len(latents), 1), cfg.batch_size)])
-    reference = reference_stats(reference_images, directory / "fid_cache", num_actors=cfg.num_actors)
+    reference = reference_stats(reference_images, storage.join(directory, "fid_cache"), num_actors=cfg.num_actors)
     return rows, decoder, reference
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from microdit import storage
 from microdit.errors import ConfigError
 from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
 from microdit.evaluate.fid import FeatureStats
@@ -49,7 +50,7 @@ class ReferenceSet:
 
     stats: FeatureStats
     captions: list[str] | None  # first caption per image, in image order; None without an index
-    cache_path: Path
+    cache_path: str  # location (path or URI) of the cached statistics
     key: str  # sha256 hex of content + resolution + network
     from_cache: bool
 
@@ -181,8 +182,8 @@ def reference_stats(
         raise ConfigError(f"reference: FID needs at least 2 images, '{source}' gives {count}")
 
     key = _content_key(files, root, array, resolution)
-    cache_path = Path(cache_dir) / f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz"
-    if cache_path.is_file():
+    cache_path = storage.join(storage.resolve(cache_dir), f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz")
+    if storage.is_file(cache_path):
         stats = FeatureStats.load(cache_path)
         if stats.count == count:
             log.info("reference stats: cache hit %s", cache_path)
@@ -209,7 +210,8 @@ def reference_stats(
         extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
         stats = local_feature_stats(batches, extractor, total=count, desc="reference")
     stats.save(cache_path)
-    cache_path.with_suffix(".json").write_text(
+    storage.write_text(
+        cache_path[: -len(".npz")] + ".json",
         json.dumps(
             {
                 "source": str(source) if array is None else f"array{tuple(array.shape)}",

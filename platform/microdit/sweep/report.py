@@ -173,7 +173,7 @@ def _number(value: str) -> Any:
     return value
 
 
-def sweep_report(spec: SweepSpec, uri: str, parent_run_id: str, results, sweep_dir: Path) -> SweepReport:
+def sweep_report(spec: SweepSpec, uri: str, parent_run_id: str, results, sweep_dir: str) -> SweepReport:
     mark_unfinished(uri, parent_run_id, results)
     return build_report(uri, parent_run_id, [(o.metric, o.mode) for o in spec.objectives], spec.name,
                         log_to_parent=True)

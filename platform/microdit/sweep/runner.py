@@ -1,8 +1,14 @@
 """Run a sweep: Tuner (or Tuner.restore) + searcher + budget guard, MLflow parent run, report.
 
-Resume: the Tune experiment lives at ``<storage>/<sweep name>``; running the same command again
-restores it (``Tuner.restore(..., resume_errored=True)``), the Optuna study continues from its
-journal file, and trials reuse their MLflow runs (found by run name), so nothing is duplicated.
+Where: ``<root>/sweeps/<sweep name>/`` holds the Tune experiment (``tune/``), the resolved spec
+and the Optuna journal; trial runs live in ``<root>/trials/``. ``<root>`` is ``--storage``, the
+spec's ``storage_path`` or the storage root (``$MICRODIT_ROOT``, default ``~/microdit``), a local
+or shared path or a URI, never the working directory.
+
+Resume: running the same command again restores the Tune experiment
+(``Tuner.restore(..., resume_errored=True)``), the Optuna study continues (from its journal file
+on a local or shared root; on an object store from the searcher state Tune saves with the
+experiment), and trials reuse their MLflow runs (found by run name), so nothing is duplicated.
 The resolved spec is stored beside it (``spec.json``) on every start; a resume whose spec differs
 is refused with the changed keys, unless ``allow_changed_spec`` (``--allow-changed-spec``).
 """
@@ -12,12 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from microdit import storage as storage_module
 from microdit.config.sweep import SweepSpec, spec_changes
 from microdit.errors import ConfigError
 from microdit.tracking import finish_run, get_or_create_run, log_params, tracking_uri
@@ -57,25 +62,26 @@ def first_corner(spec: SweepSpec) -> dict:
 def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec: bool = False) -> SweepOutcome:
     from ray import tune
 
+    from microdit.cluster import check_tracking_fits_cluster, connect_ray
     from microdit.sweep.report import sweep_report
     from microdit.sweep.search import build_searcher
     from microdit.sweep.trial import run_trial
-    from microdit.train.trainer import connect_ray
 
     started = time.perf_counter()
-    root = Path(storage or spec.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs")).resolve()
-    sweep_dir = root / "sweeps" / spec.name
-    experiment_path = str(sweep_dir / "tune")
+    root = sweep_root(spec, storage)
+    sweep_dir = storage_module.join(root, "sweeps", spec.name)
+    experiment_path = storage_module.join(sweep_dir, "tune")
     resuming = tune.Tuner.can_restore(experiment_path)
     record_spec(sweep_dir, spec, resuming=resuming, allow_changed_spec=allow_changed_spec)
     # Intermediate results (training metrics forwarded from the workers) carry no FID yet; the
     # objectives arrive with the trial's final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     connect_ray()
-    overhead_seconds, overhead_usd = prepare_shared_work(spec)
     uri = tracking_uri(spec.mlflow_uri)
+    check_tracking_fits_cluster(uri)
+    overhead_seconds, overhead_usd = prepare_shared_work(spec)
     parent_run_id, created = get_or_create_run(uri, spec.experiment, spec.name, "sweep",
-                                               tags={"microdit.sweep_dir": str(sweep_dir)})
+                                               tags={"microdit.sweep_dir": sweep_dir})
     record_overhead(uri, parent_run_id, overhead_seconds, overhead_usd)
     if created:
         log_params(uri, parent_run_id, {
@@ -85,7 +91,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
             "budget_dollars": spec.budget_dollars, "max_trials": spec.max_trials})
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})
     config = {"spec_dict": spec_source(spec), "mlflow_uri": uri, "parent_run_id": parent_run_id,
-              "train_storage": str(root / "trials")}
+              "train_storage": storage_module.join(root, "trials")}
     if resuming:
         log.info("resuming sweep %s from %s", spec.name, experiment_path)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True, param_space=config)
@@ -106,13 +112,20 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
             trainable, param_space=config,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials(),
                                         max_concurrent_trials=spec.max_concurrent),
-            run_config=ray.tune.RunConfig(name="tune", storage_path=str(sweep_dir)),
+            run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir),
         )
     results = tuner.fit()
     report = sweep_report(spec, uri, parent_run_id, results, sweep_dir)
     finish_run(uri, parent_run_id, "FINISHED")
     return SweepOutcome(spec.name, parent_run_id, report.text, report.finished, report.stopped_early, report.failed,
                         report.spent_usd, time.perf_counter() - started)
+
+
+def sweep_root(spec: SweepSpec, storage: str | None = None) -> str:
+    """The sweep's storage root, resolved once here: ``--storage``, the spec's ``storage_path``, or
+    the storage root (``$MICRODIT_ROOT`` or ``~/microdit``)."""
+    configured = storage or spec.storage_path
+    return storage_module.resolve(configured) if configured else storage_module.root()
 
 
 def prepare_shared_work(spec: SweepSpec) -> tuple[float, float]:
@@ -153,7 +166,7 @@ def spec_source(spec: SweepSpec) -> dict:
     return spec.to_dict()
 
 
-def record_spec(sweep_dir: Path, spec: SweepSpec, *, resuming: bool, allow_changed_spec: bool = False) -> None:
+def record_spec(sweep_dir: str, spec: SweepSpec, *, resuming: bool, allow_changed_spec: bool = False) -> None:
     """Store the resolved spec in ``sweep_dir``; on a resume, refuse one that changed.
 
     A resumed sweep keeps its searcher state, finished trials and budget accounting, so a changed
@@ -161,11 +174,11 @@ def record_spec(sweep_dir: Path, spec: SweepSpec, *, resuming: bool, allow_chang
     changed key (``space.phases[0].mask_ratio``, ``budget.dollars``). ``allow_changed_spec`` resumes
     anyway (logged) and records the new spec.
     """
-    path = sweep_dir / SPEC_FILE
+    path = storage_module.join(sweep_dir, SPEC_FILE)
     new = spec.fingerprint()
-    if resuming and path.exists():
+    if resuming and storage_module.exists(path):
         try:
-            old = json.loads(path.read_text())
+            old = storage_module.read_json(path)
         except (OSError, ValueError) as err:
             raise ConfigError(f"sweep {spec.name}: cannot read the stored spec {path} ({err})") from None
         changes = spec_changes(old, new)
@@ -179,23 +192,9 @@ def record_spec(sweep_dir: Path, spec: SweepSpec, *, resuming: bool, allow_chang
                 "or pass --allow-changed-spec to resume with the new one"
             )
         log.warning("sweep %s resumes with a changed spec (--allow-changed-spec): %s", spec.name, listing)
-    _write_json_atomic(path, new)
+    storage_module.write_json(path, new)
 
 
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

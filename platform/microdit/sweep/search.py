@@ -3,7 +3,7 @@
 - ``tpe`` / ``nsga2`` / ``random``: Ray Tune's ``OptunaSearch`` with the matching Optuna sampler,
   multi-objective when the spec has several objectives (metric and mode lists go to
   OptunaSearch, SPEC §8), its study kept in a durable Optuna ``JournalStorage`` file that only
-  the driver writes.
+  the driver writes (``study_storage``).
 - ``grid``: every combination of the grid/choice values, in order (``ListSearcher``).
 
 ``BudgetGuard`` refuses to start a trial once spent + committed dollars (running trials count at
@@ -13,7 +13,6 @@ their per-trial budget) would pass the sweep budget; Tune then ends the sweep.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -126,7 +125,23 @@ class BudgetGuard(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-def build_searcher(spec: SweepSpec, sweep_dir: Path, trial_dollars: float) -> BudgetGuard:
+def study_storage(sweep_dir: str):
+    """The Optuna study's storage: a journal file that only the driver writes when the sweep lives on
+    a local or shared disk; in memory when it lives on an object store (a journal needs a file
+    system), where the study is saved with the searcher state in Tune's experiment checkpoint."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from microdit import storage
+
+    if storage.is_uri(sweep_dir):
+        return optuna.storages.InMemoryStorage()
+    storage.makedirs(sweep_dir)
+    return JournalStorage(JournalFileBackend(storage.join(sweep_dir, "optuna_journal.log")))
+
+
+def build_searcher(spec: SweepSpec, sweep_dir: str, trial_dollars: float) -> BudgetGuard:
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     metric = metrics if len(metrics) > 1 else metrics[0]
@@ -138,8 +153,6 @@ def build_searcher(spec: SweepSpec, sweep_dir: Path, trial_dollars: float) -> Bu
         inner: Searcher = ListSearcher(configs[: spec.max_trials], metric=metric, mode=mode)
     else:
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
         from ray.tune.search.optuna import OptunaSearch
 
         sampler = {
@@ -147,8 +160,6 @@ def build_searcher(spec: SweepSpec, sweep_dir: Path, trial_dollars: float) -> Bu
             "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, spec.max_concurrent)),
             "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
         }[spec.algorithm]()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna_journal.log")))
         inner = OptunaSearch(space=optuna_space(spec), metric=metric, mode=mode, sampler=sampler,
-                             study_name=spec.name, storage=storage)
+                             study_name=spec.name, storage=study_storage(sweep_dir))
     return BudgetGuard(inner, spec.budget_dollars, trial_dollars)

@@ -26,6 +26,8 @@ from typing import Any
 import ray.train
 import torch
 
+from microdit import storage
+from microdit.cluster import worker_package_location
 from microdit.config.model import ModelConfig
 from microdit.config.recipe import PhaseConfig, RecipeConfig
 from microdit.diffusion import EDMDenoiser, caption_dropout, edm_loss
@@ -93,6 +95,8 @@ class WorkerRun:
             if self.rank == 0 and config.get("mlflow_run_id") else None
         self.first_step_wall: float | None = None  # time.time() when this attempt finished its first step
         self.last_report = time.perf_counter()
+        # A run restored from its final checkpoint already holds its final weights there.
+        self.final_saved = self.progress.finished
 
     def _restore(self) -> None:
         checkpoint = ray.train.get_checkpoint()
@@ -121,14 +125,12 @@ class WorkerRun:
         finally:
             errors = self.logger.close() if self.logger else []
         p = self.progress
-        result = {"first_step_wall": self.first_step_wall, "global_step": p.global_step,
-                  "images_seen": p.images_seen, "cost_usd": self.cost.dollars, "gpu_hours": self.cost.device_hours,
-                  "phase": p.phase, "finished": p.finished, "stop_reason": stop_reason, "logging_errors": errors}
-        if p.finished:
-            weights = self.produced_weights()  # a collective under FSDP: every rank takes part
-            if self.rank == 0:
-                result["weights"] = str(self.save_final_weights(weights, result))
-        return result
+        if p.finished and not self.final_saved:  # stopped by a run budget between two checkpoints
+            self.checkpoint(None)
+        return {"first_step_wall": self.first_step_wall, "global_step": p.global_step,
+                "images_seen": p.images_seen, "cost_usd": self.cost.dollars, "gpu_hours": self.cost.device_hours,
+                "phase": p.phase, "finished": p.finished, "stop_reason": stop_reason, "logging_errors": errors,
+                "worker_package": worker_package_location()}
 
     def run_phase(self, phase: PhaseConfig) -> str | None:
         recipe, progress = self.recipe, self.progress
@@ -148,11 +150,13 @@ class WorkerRun:
                              phase.per_worker_micro_batch(self.world), position, with_ids=bool(record_ids))
         batches = iter(stream)
         window: dict[str, Any] = {"count": 0}
+        budget_reached = False
         while total_steps is None or progress.phase_step < total_steps:
             # One collective: every rank gets the largest phase spend (the LR of a dollar phase depends
             # on it, so all ranks must agree) and whether any rank is over a budget.
             spent, over = all_reduce_max([progress.phase_dollars, float(self.over_budget())], self.device, self.world)
-            if (phase.dollars is not None and spent >= phase.dollars) or over > 0:
+            budget_reached = over > 0  # the same on every rank (a rank-local check could disagree)
+            if (phase.dollars is not None and spent >= phase.dollars) or budget_reached:
                 break
             self.maybe_inject_failure()
             fraction = spent / phase.dollars if phase.dollars is not None else None
@@ -186,8 +190,8 @@ class WorkerRun:
         if phase.steps is None and phase.images is None:  # a dollar-length phase ends here
             self.end_phase()
             self.checkpoint(stream)
-        if self.over_budget():
-            progress.finished = True
+        if budget_reached or all_reduce_max([float(self.over_budget())], self.device, self.world)[0] > 0:
+            progress.finished = True  # every rank decides the same (reduced), so all take the final checkpoint
             return "run budget reached (max_dollars / max_images)"
         return None
 
@@ -271,12 +275,17 @@ class WorkerRun:
                          self.progress.global_step, f"phase{self.progress.phase}" if phase_done else "interval")
 
     def checkpoint(self, stream) -> None:
-        """Gather every rank's stream position, then rank 0 writes and reports the checkpoint."""
+        """Gather every rank's stream position, then rank 0 writes and reports the checkpoint. The
+        checkpoint that ends the run also holds the final weights (``final_weights.pt``): Ray Train
+        persists it to the run's storage, local or remote, and the driver reads it from there."""
         progress = self.progress
-        progress.data_positions = all_gather_objects(stream.state_dict(), self.world)
+        if stream is not None:
+            progress.data_positions = all_gather_objects(stream.state_dict(), self.world)
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer, self.world)
+        final = self.produced_weights() if progress.finished else None  # a collective under FSDP
         metrics = {"step": progress.global_step, "images_seen": progress.images_seen, "cost_usd": self.cost.dollars}
         self.last_report = time.perf_counter()
+        self.final_saved = progress.finished
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -284,14 +293,18 @@ class WorkerRun:
             save_state(directory, model_state=model_state, optimizer_state=optimizer_state,
                        ema_state=self.ema.state_dict() if self.ema else None, progress=progress,
                        cost_state=self.cost.state_dict(), model_config=self.model_config.to_dict())
+            if final is not None:
+                self.save_final_weights(Path(directory) / WEIGHTS_FILE, final)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    def save_final_weights(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path:
-        path = Path(self.config["output_dir"]) / WEIGHTS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save_final_weights(self, path: Path, weights: dict[str, torch.Tensor]) -> Path:
         source = produced_weights_source(self.ema.updates if self.ema is not None else 0)
+        p = self.progress
+        meta = {"ema": source == "ema", "global_step": p.global_step, "images_seen": p.images_seen,
+                "cost_usd": self.cost.dollars, "gpu_hours": self.cost.device_hours, "phase": p.phase,
+                "finished": p.finished}
         return save_weights(path, {k: v.detach().float().cpu() for k, v in weights.items()},
-                            self.model_config.to_dict(), {"ema": source == "ema", **result})
+                            self.model_config.to_dict(), meta)
 
     def produced_weights(self) -> dict[str, torch.Tensor]:
         """The weights the current (or just finished) phase produces: its EMA if it has updated one,
@@ -319,10 +332,9 @@ class WorkerRun:
         step = self.progress.global_step
         if self.recipe.debug.get("fail_at_step") != step or self.rank != self.world - 1:
             return
-        marker = Path(self.config["output_dir"]) / f"failed_once_at_{step}"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+        marker = storage.join(self.config["run_dir"], f"failed_once_at_{step}")
+        if not storage.exists(marker):
+            storage.write_text(marker, "")
             raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
 
 

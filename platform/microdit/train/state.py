@@ -3,7 +3,8 @@
 A checkpoint holds the model, EMA, optimizer, the position in the recipe (phase, step, images),
 dollars spent, RNG states and every worker's data-stream position, so a restarted worker
 continues exactly where the checkpoint left off. The final EMA weights are also written as a
-small standalone file (``final_weights.pt``) that loads without Ray: ``load_weights(path)``.
+small standalone file (``final_weights.pt``, in the run's final checkpoint) that loads without
+Ray, from a path or a URI: ``load_weights(location)``.
 """
 
 from __future__ import annotations
@@ -95,10 +96,15 @@ def checkpoint_weights(state: dict[str, Any], which: str = "auto") -> tuple[dict
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", which: str = "auto"):
     """Build a ``MicroDiT`` from ``final_weights.pt`` (or a training checkpoint directory; ``which``
-    picks its EMA or live weights, see :func:`checkpoint_weights`)."""
+    picks its EMA or live weights, see :func:`checkpoint_weights`). ``path`` may be a URI
+    (``s3://…``): the file or directory is downloaded to a temporary place first."""
+    from microdit import storage
     from microdit.config.model import ModelConfig
     from microdit.model import MicroDiT
 
+    if storage.is_uri(os.fspath(path)):
+        with storage.local_copy(os.fspath(path)) as local:
+            return load_weights(local, device, which)
     path = Path(path)
     if path.is_dir():
         if (path / WEIGHTS_FILE).exists():

@@ -1,17 +1,24 @@
 """The driver side of a training run: resolve the recipe, tie it to MLflow, fit a TorchTrainer.
 
-``run_training`` connects to Ray (``RAY_ADDRESS`` or a local loopback cluster), makes sure the
-data exists (the demo sets are built on first use), resolves the model against the data
-(caption width, latent channels), finds or creates the MLflow run tagged with the Ray run name
-(so relaunching the same recipe name resumes both the Ray run and its MLflow record), and fits
-a Ray Train V2 ``TorchTrainer`` with a deterministic run name (SPEC §8: then
-``FailureConfig`` retries and a relaunched driver resume from the latest checkpoint).
+``run_training`` connects to Ray (``microdit.cluster``: ``RAY_ADDRESS`` or a local loopback
+cluster, the package shipped to every node), makes sure the data exists (the demo sets are built
+on first use), resolves the model against the data (caption width, latent channels), finds or
+creates the MLflow run tagged with the Ray run name (so relaunching the same recipe name resumes
+both the Ray run and its MLflow record), and fits a Ray Train V2 ``TorchTrainer`` with a
+deterministic run name (SPEC §8: then ``FailureConfig`` retries and a relaunched driver resume
+from the latest checkpoint).
+
+Locations are resolved here, once: the runs live at ``tracking.storage_path`` or
+``<storage root>/runs`` (a local/shared path or a URI, handed to Ray untouched) and every data
+set reference becomes an absolute location in the workers' copy of the recipe, so no worker
+re-resolves anything from its own working directory or environment. The final weights come back
+inside the run's last checkpoint (``final_weights.pt`` beside ``train_state.pt``), wherever the
+storage is; their location is tagged on the MLflow run (``microdit.weights``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from microdit import storage
+from microdit.cluster import check_tracking_fits_cluster, connect_ray
 from microdit.config.model import ModelConfig
 from microdit.config.overrides import config_changes, describe_changes, flatten
 from microdit.config.recipe import RecipeConfig, deviation_from_official
@@ -36,6 +45,7 @@ from microdit.tracking import (
 log = logging.getLogger(__name__)
 DEMO_SETS = ("demo_real", "demo_synthetic", "demo_real_heldout")
 RECIPE_ARTIFACT = "recipe.json"  # the resolved recipe, logged when the run is created
+WEIGHTS_TAG = "microdit.weights"  # MLflow tag: location of the run's final weights
 
 
 class TrainingStopped(RuntimeError):
@@ -51,31 +61,19 @@ class TrainSummary:
     images_seen: int
     cost_usd: float
     gpu_hours: float
-    weights: str | None
+    weights: str | None  # location (path or URI) of final_weights.pt inside the last checkpoint
     wall_seconds: float
     first_step_wall: float | None = None  # time.time() when rank 0 finished its first step (this attempt)
-
-
-def connect_ray() -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local one bound to 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Small or busy machines start a 2-worker group in more than Ray's default 60 s.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True)
+    logging_errors: list[str] | None = None  # MLflow writes that failed on rank 0 (metrics lost)
+    worker_package: str | None = None  # where rank 0 imported microdit from (the shipped copy on a cluster)
 
 
 def ensure_data(recipe: RecipeConfig) -> None:
     """Build the demo sets when a recipe names them and they do not exist yet."""
-    from microdit.data.manifest import resolve_set_path
+    from microdit.data.manifest import resolve_set_path, set_exists
 
     refs = [r for r in (recipe.data.real, recipe.data.synthetic) if r]
-    missing = [r for r in refs if not (resolve_set_path(r) / "manifest.json").exists()]
+    missing = [r for r in refs if not set_exists(r)]
     if not missing:
         return
     if all(r in DEMO_SETS for r in missing):
@@ -91,12 +89,12 @@ def ensure_data(recipe: RecipeConfig) -> None:
 
 def resolve_model(recipe: RecipeConfig) -> tuple[ModelConfig, int]:
     """The model config with caption width / latent channels taken from the data; caption length."""
-    from microdit.data.manifest import load_manifest, resolve_set_path
+    from microdit.data.manifest import load_manifest, set_exists
 
     overrides: dict[str, Any] = {}
     caption_len = recipe.caption_len
     refs = [r for r in (recipe.data.real, recipe.data.synthetic) if r]
-    manifests = [load_manifest(resolve_set_path(r)) for r in refs if (resolve_set_path(r) / "manifest.json").exists()]
+    manifests = [load_manifest(r) for r in refs if set_exists(r)]
     if manifests:
         first = manifests[0]
         for other in manifests[1:]:
@@ -132,7 +130,26 @@ def scaling_kwargs(resources) -> dict[str, Any]:
 
 
 def storage_path(recipe: RecipeConfig) -> str:
-    return os.path.abspath(recipe.tracking.storage_path or os.environ.get("MICRODIT_RUNS", "microdit_runs"))
+    """Where the recipe's Ray runs live: ``tracking.storage_path`` or ``<storage root>/runs``."""
+    configured = recipe.tracking.storage_path
+    return storage.resolve(configured) if configured else storage.join(storage.root(), "runs")
+
+
+def with_resolved_data(recipe: RecipeConfig) -> dict[str, Any]:
+    """The recipe as a dict whose set references (``data``, per-phase ``data``, the evaluation
+    reference) are absolute locations, for the workers: resolved here, in the driver."""
+    from microdit.data.manifest import resolve_set_path
+
+    data = recipe.to_dict()
+    sections = [data.get("data") or {}] + [phase.get("data") or {} for phase in data.get("phases", [])]
+    for section in sections:
+        for key in ("real", "synthetic"):
+            if section.get(key):
+                section[key] = resolve_set_path(section[key])
+    evaluation = data.get("evaluation")
+    if evaluation and evaluation.get("reference"):
+        evaluation["reference"] = resolve_set_path(evaluation["reference"])
+    return data
 
 
 def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
@@ -174,16 +191,18 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
 
     started = time.perf_counter()
     connect_ray()
+    uri = tracking_uri(recipe.tracking.mlflow_uri)
+    check_tracking_fits_cluster(uri)
     ensure_data(recipe)
     model_config, caption_len = resolve_model(recipe)
     name = run_name or recipe.name
-    storage = storage_path(recipe)
-    uri = tracking_uri(recipe.tracking.mlflow_uri)
+    storage_root = storage_path(recipe)
+    run_dir = storage.join(storage_root, name)
     existing = find_run(uri, recipe.tracking.experiment, name)
     if existing and not allow_changed_recipe:
         check_resumed_recipe(uri, existing, recipe)
     run_id, created = get_or_create_run(uri, recipe.tracking.experiment, name, "train", parent_run_id,
-                                        {"ray.storage_path": storage, **(mlflow_tags or {})})
+                                        {"ray.storage_path": storage_root, **(mlflow_tags or {})})
     if created:
         log_params(uri, run_id, {**flatten(recipe.to_dict()), **{f"resolved_model.{k}": v for k, v in
                                                                  model_config.to_dict().items()},
@@ -192,15 +211,14 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
         if recipe.evaluation is not None:
             deviation = deviation_from_official(recipe.evaluation.steps, recipe.evaluation.guidance)
             client(uri).set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
-    output_dir = Path(storage) / name / "final"
-    config = {"recipe": recipe.to_dict(), "model_config": model_config.to_dict(), "caption_len": caption_len,
-              "mlflow_uri": uri, "mlflow_run_id": run_id, "output_dir": str(output_dir)}
+    config = {"recipe": with_resolved_data(recipe), "model_config": model_config.to_dict(), "caption_len": caption_len,
+              "mlflow_uri": uri, "mlflow_run_id": run_id, "run_dir": run_dir}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(**scaling_kwargs(recipe.resources)),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks or None,
+            name=name, storage_path=storage_root, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=recipe.tracking.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.tracking.keep_checkpoints),
         ),
@@ -212,6 +230,12 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
         raise
     outcome = result.return_value or {}
     mlflow_client = client(uri)
+    errors = outcome.get("logging_errors") or []
+    if errors:  # rank 0's MLflow writes failed: its step metrics are missing from the run
+        log.warning("run %s: %d MLflow logging error(s) on rank 0, e.g. %s", name, len(errors), errors[0])
+        mlflow_client.set_tag(run_id, "microdit.logging_errors", f"{len(errors)}: {errors[0]}"[:5000])
+    if outcome.get("worker_package"):
+        mlflow_client.set_tag(run_id, "microdit.worker_package", outcome["worker_package"])
     if outcome.get("stop_reason") and not outcome.get("finished"):
         mlflow_client.set_tag(run_id, "microdit.stop_reason", outcome["stop_reason"])
         finish_run(uri, run_id, "FAILED")
@@ -220,17 +244,34 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
         recipe_file = Path(tmp) / "recipe.yaml"
         recipe_file.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         mlflow_client.log_artifact(run_id, str(recipe_file))
-    if outcome.get("weights"):
-        mlflow_client.log_artifact(run_id, outcome["weights"], "weights")
+    weights = final_weights_location(result, run_dir) if outcome.get("finished") else None
+    if weights:
+        mlflow_client.set_tag(run_id, WEIGHTS_TAG, weights)
     if log_final:
         final = {f"final/{key}": float(outcome[key]) for key in ("cost_usd", "gpu_hours", "images_seen", "global_step")
                  if key in outcome}
         final["final/train_usd"] = float(outcome.get("cost_usd", 0.0))
         log_final_metrics(uri, run_id, {**final, "cost_usd": final["final/train_usd"]}, int(outcome.get("global_step", 0)))
-    mlflow_client.set_tag(run_id, "microdit.ray_run_path", str(Path(storage) / name))
+    mlflow_client.set_tag(run_id, "microdit.ray_run_path", run_dir)
     finish_run(uri, run_id, "FINISHED")
-    return TrainSummary(run_name=name, mlflow_run_id=run_id, storage=str(Path(storage) / name),
+    return TrainSummary(run_name=name, mlflow_run_id=run_id, storage=run_dir,
                         global_step=int(outcome.get("global_step", 0)), images_seen=int(outcome.get("images_seen", 0)),
                         cost_usd=float(outcome.get("cost_usd", 0.0)), gpu_hours=float(outcome.get("gpu_hours", 0.0)),
-                        weights=outcome.get("weights"), wall_seconds=time.perf_counter() - started,
-                        first_step_wall=outcome.get("first_step_wall"))
+                        weights=weights, wall_seconds=time.perf_counter() - started,
+                        first_step_wall=outcome.get("first_step_wall"), logging_errors=errors,
+                        worker_package=outcome.get("worker_package"))
+
+
+def final_weights_location(result, run_dir: str) -> str | None:
+    """``final_weights.pt`` inside the run's latest checkpoint, as a path or URI under ``run_dir``
+    (``Result.checkpoint.path`` is relative to its filesystem: no scheme for object stores)."""
+    from microdit.train.state import WEIGHTS_FILE
+
+    checkpoint = getattr(result, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    location = storage.join(run_dir, storage.name(checkpoint.path), WEIGHTS_FILE)
+    if not storage.exists(location):
+        log.warning("the last checkpoint %s holds no %s", checkpoint.path, WEIGHTS_FILE)
+        return None
+    return location

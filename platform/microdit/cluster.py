@@ -1,0 +1,103 @@
+"""Joining a Ray cluster so that every node runs this code with these settings.
+
+``connect_ray`` joins the cluster in ``RAY_ADDRESS`` (set inside ``ray job submit``) or starts a
+local one bound to 127.0.0.1, with a job-level runtime environment that ships the ``microdit``
+package (``py_modules``: workers on other nodes import this copy, not whatever is installed
+there, and need no editable install) and the settings (``env_vars``: storage root, data root,
+tracking URI, object-store endpoint and region). Credentials are not shipped: nodes get them
+from their own environment (instance roles, ``~/.aws``) or from the submit line's runtime env.
+Inside a submitted job Ray merges this runtime env with the job's and refuses a field or
+variable given twice, so whatever the submit line already sets is left out here.
+
+``check_tracking_fits_cluster`` refuses a file-based MLflow store once the cluster has more than
+one node: a worker on another node would open its own empty SQLite file at the same path and
+its metrics would vanish (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from microdit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+SHIPPED_ENV = ("MICRODIT_ROOT", "MICRODIT_DATA_ROOT", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
+               "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
+PACKAGE_DIR = str(Path(__file__).resolve().parent)  # platform/microdit (or site-packages/microdit)
+SHIP_PACKAGE_ENV = "MICRODIT_SHIP_PACKAGE"  # "0": rely on the package installed on every node
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the submitted job this driver runs in ({} outside ``ray job submit``)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw).get("runtime_env") or {}
+    except ValueError:
+        return {}
+
+
+def runtime_env() -> dict[str, Any]:
+    """``py_modules`` with this package + the settings as ``env_vars``, minus what the job sets."""
+    job = job_runtime_env()
+    env: dict[str, Any] = {}
+    if os.environ.get(SHIP_PACKAGE_ENV, "1") != "0" and "py_modules" not in job:
+        env["py_modules"] = [PACKAGE_DIR]
+    job_vars = job.get("env_vars") or {}
+    env_vars = {k: os.environ[k] for k in SHIPPED_ENV if os.environ.get(k) and k not in job_vars}
+    if env_vars:
+        env["env_vars"] = env_vars
+    return env
+
+
+def connect_ray() -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local one bound to 127.0.0.1 (module docstring)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Small or busy machines start a 2-worker group in more than Ray's default 60 s.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    env = runtime_env()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env or None)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
+                 runtime_env=env or None)
+
+
+def alive_nodes() -> int:
+    """How many nodes of the connected cluster are alive (1 when Ray is not initialised)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def is_file_store(uri: str) -> bool:
+    """True for MLflow stores that live in one machine's files (SQLite, ``file:``, plain paths)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def check_tracking_fits_cluster(uri: str) -> None:
+    """Refuse a file-based MLflow store when the cluster has more than one alive node."""
+    nodes = alive_nodes()
+    if nodes > 1 and is_file_store(uri):
+        raise ConfigError(
+            f"tracking: the MLflow store {uri!r} lives in one machine's files, but the Ray cluster has {nodes} "
+            "nodes: workers on other nodes would log into their own empty copy and their metrics would be lost. "
+            "Start a tracking server (e.g. `mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri "
+            "sqlite:///mlflow.db --artifacts-destination <root>/mlartifacts`) and set "
+            "MLFLOW_TRACKING_URI=http://<server>:5000 (or tracking.mlflow_uri / --mlflow-uri)"
+        )
+
+
+def worker_package_location() -> str:
+    """Where this process imported ``microdit`` from (recorded by rank 0: which code ran)."""
+    return PACKAGE_DIR
