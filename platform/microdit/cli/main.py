@@ -19,7 +19,7 @@ SUBCOMMANDS = ("model", "prepare", "train", "evaluate", "sweep", "compare")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=None,
+    parser.add_argument("--root", dest="storage_root", default=None,
                         help="storage root for runs, sweeps and prepared sets: a path or a URI such as "
                              "s3://bucket/microdit (default $MICRODIT_ROOT or ~/microdit)")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.root:  # one setting for the whole process and, through the runtime env, every Ray worker
+    if args.storage_root:  # one setting for the whole process and, through the runtime env, every Ray worker
         from microdit.storage import ROOT_ENV, resolve
 
-        os.environ[ROOT_ENV] = resolve(args.root)
+        os.environ[ROOT_ENV] = resolve(args.storage_root)
     try:
         result = args.func(args)
     except ConfigError as err:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from microdit import storage
+from microdit.cluster import connect_ray
 from microdit.config.data import PrepareConfig, SourceConfig, TextEncoderConfig, VaeConfig
 from microdit.data.emoji import available_emoji
 from microdit.data.manifest import data_root, load_manifest, set_exists
@@ -134,8 +135,7 @@ def ensure_demo_sets(
     resolutions = [resolution] if isinstance(resolution, int) else list(resolution)
     root = storage.resolve(root) if root is not None else data_root()
     storage.makedirs(root)
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()  # RAY_ADDRESS or a loopback cluster; ships the package to encoder actors on any node
     # Two encoder actors halve the build on 2+ CPUs; tiny sets are dominated by actor start-up instead.
     encoders = 1 if size == "tiny" else max(1, min(2, int(ray.cluster_resources().get("CPU", 1))))
     configs = demo_configs(root, resolutions, size, seed, max_length, num_encoders=encoders)

@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from microdit import storage
+from microdit.cluster import connect_ray
 from microdit.config.data import PrepareConfig, SourceConfig
 from microdit.data.images import (
     NO_CAPTION,
@@ -162,8 +163,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
     summary = PrepareSummary(out)
     written: dict[int, dict[str, Any]] = {}  # unit -> footer metadata of the shard written now
     if pending:
-        if not ray.is_initialized():
-            ray.init()
+        connect_ray()  # RAY_ADDRESS or a loopback cluster; ships the package to actors on any node
         items = [{"unit": i, "refs": json.dumps(units[i])} for i in pending]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(

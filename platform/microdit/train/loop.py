@@ -93,12 +93,15 @@ class WorkerRun:
         self.denoiser = EDMDenoiser(self.train_model)
         self.logger = AsyncLogger(config["mlflow_uri"], config["mlflow_run_id"]) \
             if self.rank == 0 and config.get("mlflow_run_id") else None
+        if self.logger and self.restored_step is not None:  # each resumed attempt says where it picked up
+            self.logger.metrics({"resumed_from_step": float(self.restored_step)}, self.restored_step)
         self.first_step_wall: float | None = None  # time.time() when this attempt finished its first step
         self.last_report = time.perf_counter()
         # A run restored from its final checkpoint already holds its final weights there.
         self.final_saved = self.progress.finished
 
     def _restore(self) -> None:
+        self.restored_step: int | None = None
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return
@@ -110,6 +113,7 @@ class WorkerRun:
         self.progress = Progress(**state["progress"])
         self.cost.load_state_dict(state["cost"])
         restore_rng(state["rng"])
+        self.restored_step = self.progress.global_step
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
