@@ -6,11 +6,12 @@ with its artifacts in the same bucket. The product runs as users run it: the ``j
 points in fresh driver processes joining the cluster through ``RAY_ADDRESS``:
 
 1. ``jobs/prepare.py demo`` writes the tiny demo sets into the bucket;
-2. ``jobs/train.py`` trains 2 workers, one per node; once the first checkpoint is in the bucket
+2. ``jobs/train.py`` with a SQLite MLflow store is refused (two nodes: use a server);
+3. ``jobs/train.py`` trains 2 workers, one per node; once the first checkpoint is in the bucket
    the non-head node is killed and a fresh node added: the run resumes from the bucket and ends
    at exactly its planned step count, the final weights in its last checkpoint in the bucket;
-3. ``jobs/sweep.py`` runs a 2-trial grid sweep (FID + cost) on the same cluster;
-4. ``microdit compare`` from another process reads the results back from the MLflow server.
+4. ``jobs/sweep.py`` runs a 2-trial grid sweep (FID + cost) on the same cluster;
+5. ``microdit compare`` from another process reads the results back from the MLflow server.
 
 The Train worker reports where it imported ``microdit`` from: the copy Ray shipped
 (``py_modules``), not the editable install. The pytest process itself never joins this cluster.
@@ -197,9 +198,18 @@ def test_two_nodes_object_storage_and_mlflow_server(two_nodes, mlflow_server, s3
     assert storage.list_names(data) == ["demo_real", "demo_real_heldout", "demo_synthetic"]
     assert storage.read_json(storage.join(data, "demo_real", "manifest.json"))["rows_total"] == 48
 
-    # 2. train on both nodes; kill the worker node after the first checkpoint; resume from the bucket
+    # 2. a file-based MLflow store is refused on a multi-node cluster, before anything runs
+    recipe = str(_recipe(tmp_path))
+    local_store = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'local.db'}"}
+    refused = subprocess.run([sys.executable, "jobs/train.py", recipe], cwd=REPO, env=local_store,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "the Ray cluster has 2 nodes" in refused.stderr and "MLFLOW_TRACKING_URI=http://" in refused.stderr
+    assert not storage.exists(storage.join(root, "runs", "two-nodes"))  # nothing started
+
+    # 3. train on both nodes; kill the worker node after the first checkpoint; resume from the bucket
     run_dir = storage.join(root, "runs", "two-nodes")
-    train = subprocess.Popen([sys.executable, "jobs/train.py", str(_recipe(tmp_path))], cwd=REPO, env=env,
+    train = subprocess.Popen([sys.executable, "jobs/train.py", recipe], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_checkpoint(run_dir, train)
@@ -229,11 +239,11 @@ def test_two_nodes_object_storage_and_mlflow_server(two_nodes, mlflow_server, s3
     assert "runtime_resources" in shipped and "py_modules" in shipped, shipped  # not the editable install
     assert str(REPO) not in shipped
 
-    # 3. a 2-trial sweep on the same cluster, state in the bucket
+    # 4. a 2-trial sweep on the same cluster, state in the bucket
     _run(["jobs/sweep.py", str(_sweep_spec(tmp_path))], env, 600)
     assert "spec.json" in storage.list_names(storage.join(root, "sweeps", "cluster-sweep"))
 
-    # 4. the results read back from the MLflow server by another process
+    # 5. the results read back from the MLflow server by another process
     table = _run(["-c", "import sys; from microdit.cli.main import main; sys.exit(main(['compare', 'cluster-sweep']))"],
                  env, 120)
     assert "sweep cluster-sweep: 2 trials — 2 finished, 0 stopped early, 0 failed" in table, table

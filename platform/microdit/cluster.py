@@ -81,7 +81,10 @@ def alive_nodes() -> int:
 
 
 def is_file_store(uri: str) -> bool:
-    """True for MLflow stores that live in one machine's files (SQLite, ``file:``, plain paths)."""
+    """True for MLflow stores that live in one machine's files (SQLite, ``file:``, plain paths);
+    servers (``http(s)://``, ``postgresql://`` …) and Databricks are shared by every node."""
+    if uri.startswith("databricks"):
+        return False
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 

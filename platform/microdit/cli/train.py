@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -45,7 +46,8 @@ def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> Non
         model, caption_len = resolve_model(recipe)
     except Exception:  # data not prepared yet: use the size's own caption width
         model, caption_len = recipe.architecture(), recipe.caption_len
-    print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict()}, sort_keys=False))
+    print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict(),
+                          "locations": locations(recipe)}, sort_keys=False))
     for line in protocol_notes(recipe):
         print(f"note: {line}")
     counts = parameter_counts(model)
@@ -61,6 +63,22 @@ def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> Non
     print(format_prediction(predict(recipe, model, caption_len, assume_mfu=assume_mfu, images_per_s=images_per_s)))
 
 
+def locations(recipe) -> dict[str, str]:
+    """Where this run reads and writes, as resolved in the driver (paths or URIs)."""
+    from microdit import storage
+    from microdit.data.manifest import resolve_set_path
+    from microdit.tracking import tracking_uri
+    from microdit.train.trainer import storage_path
+
+    where = {"storage_root": storage.root(), "run": storage.join(storage_path(recipe), recipe.name),
+             "mlflow": tracking_uri(recipe.tracking.mlflow_uri)}
+    for key in ("real", "synthetic"):
+        ref = getattr(recipe.data, key)
+        if ref:
+            where[f"data.{key}"] = resolve_set_path(ref)
+    return where
+
+
 def run(args: argparse.Namespace) -> int:
     from microdit.config.recipe import load_recipe
 
@@ -74,4 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {summary.run_name}: {summary.global_step} steps, {summary.images_seen:,} images, "
           f"${summary.cost_usd:.4f} ({summary.gpu_hours:.4f} device-hours), {summary.wall_seconds:.0f} s wall; "
           f"MLflow run {summary.mlflow_run_id}; weights {summary.weights}")
+    if summary.logging_errors:
+        print(f"microdit train: warning: {len(summary.logging_errors)} MLflow write(s) from rank 0 failed, so some step "
+              f"metrics are missing from the run: {summary.logging_errors[0]}", file=sys.stderr)
     return 0
