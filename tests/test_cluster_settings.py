@@ -30,7 +30,10 @@ def test_runtime_env_ships_the_package_and_settings_minus_what_the_job_sets(monk
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     monkeypatch.setenv(cluster.SHIP_PACKAGE_ENV, "0")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    assert "py_modules" not in cluster.runtime_env()
+    monkeypatch.delenv("MICRODIT_ROOT")
+    env = cluster.runtime_env()
+    assert "py_modules" not in env
+    assert env["env_vars"]["MICRODIT_ROOT"] == os.path.expanduser("~/microdit")  # resolved here, not per node
 
 
 @pytest.mark.parametrize("uri, file_based", [

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from microdit.errors import ConfigError
+from microdit.storage import ROOT_ENV, root
 
 log = logging.getLogger(__name__)
 SHIPPED_ENV = ("MICRODIT_ROOT", "MICRODIT_DATA_ROOT", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
@@ -50,6 +51,8 @@ def runtime_env() -> dict[str, Any]:
         env["py_modules"] = [PACKAGE_DIR]
     job_vars = job.get("env_vars") or {}
     env_vars = {k: os.environ[k] for k in SHIPPED_ENV if os.environ.get(k) and k not in job_vars}
+    if ROOT_ENV not in job_vars:  # the root as this driver resolved it (``~`` is not every node's home)
+        env_vars[ROOT_ENV] = root()
     if env_vars:
         env["env_vars"] = env_vars
     return env

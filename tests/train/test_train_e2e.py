@@ -77,3 +77,20 @@ def test_nan_loss_stops_with_step_and_phase(train_demo, tmp_path):
     assert "step 3" in run.data.tags["microdit.stop_reason"]
     # no retry: the one-time failure marker of fail_at_step is not involved, and no second attempt ran
     assert run.data.metrics["images_seen"] == 2 * BATCH  # logged at step 2, never past step 3
+
+
+def test_evaluate_cli_finds_the_final_weights_by_run_name(baseline, train_demo, capsys):
+    """``microdit evaluate --checkpoint <run name>``: the weights come from the run's ``microdit.weights``
+    tag (its last checkpoint) and the FID lands on that same training run."""
+    from microdit.cli.main import main
+
+    uri = baseline.recipe.tracking.mlflow_uri
+    code = main(["evaluate", "--checkpoint", "baseline", "--reference", str(train_demo["demo_real_heldout"]),
+                 "--num-samples", "8", "--steps", "2", "--guidance", "2", "--mlflow-uri", uri])
+    assert code == 0
+    printed = capsys.readouterr().out
+    run = mlflow_client(uri).get_run(baseline.summary.mlflow_run_id)
+    assert f"(MLflow run {run.info.run_id})" in printed
+    assert run.data.metrics["fid_8"] > 0 and f"fid_8={run.data.metrics['fid_8']:.4g}" in printed
+    assert run.data.tags["microdit.eval_protocol"].startswith("2 Heun steps")
+    assert main(["evaluate", "--checkpoint", "no-such-run", "--mlflow-uri", uri]) == 2

@@ -225,8 +225,8 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     )
     try:
         result = trainer.fit()
-    except Exception:
-        finish_run(uri, run_id, "FAILED")
+    except BaseException as err:  # Ctrl-C / `ray job stop` too: no run left RUNNING in MLflow
+        finish_run(uri, run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
         raise
     outcome = result.return_value or {}
     mlflow_client = client(uri)
