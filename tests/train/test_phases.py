@@ -190,7 +190,7 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     """EMA phase -> naive-masking phase without EMA (optimizer kept) -> real-only phase with a fresh
     optimizer. Final weights are phase 3's live weights; AdamW's step counter restarts at phase 3;
     phase 3 reads only real rows; a relaunch with a changed recipe is refused, naming the key."""
-    from train_testing import read_id_lines
+    from train_testing import mlflow_client, read_id_lines
 
     from microdit.train.trainer import run_training
 
@@ -200,10 +200,15 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
         "tracking.checkpoint_every_steps": 2,
         "tracking.keep_checkpoints": 3,
         "debug": {"record_ids_dir": str(ids_dir)},
+        # an FID at every phase end, each of the 2 ranks generating and scoring 3 of the 6 samples
+        "evaluation": {"reference": str(train_demo["demo_real_heldout"]), "num_samples": 6, "steps": 2,
+                       "guidance": 2.0},
     }
     recipe = tiny_recipe(train_demo, tmp_path, "phases", overrides)
     summary = run_training(recipe)
     assert summary.global_step == 6 and summary.images_seen == 48
+    fids = mlflow_client(recipe.tracking.mlflow_uri).get_metric_history(summary.mlflow_run_id, "fid_6")
+    assert [m.step for m in fids] == [2, 4, 6] and all(m.value > 0 for m in fids)  # logged once, by rank 0
 
     states = _checkpoint_states(Path(summary.storage))
     assert sorted(states) == [2, 4, 6]

@@ -109,11 +109,13 @@ def sample(
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
     rho: float = RHO,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate latents for captions ``y`` (N, L, Dy) with classifier-free guidance (SPEC §2).
 
-    shape: (C, H, W) per sample or (N, C, H, W). Noise comes from ``generator`` if given, else
-    from ``seed`` (default 0; ``None`` = global RNG). Runs on y's device in the denoiser's
+    shape: (C, H, W) per sample or (N, C, H, W). Noise comes from ``x_init`` if given (N, C, H, W),
+    already × σ_max, e.g. one seeded draw per sample), else from ``generator``, else from ``seed``
+    (default 0; ``None`` = global RNG). Runs on y's device in the denoiser's
     parameter dtype (wrap in ``torch.autocast`` for bf16 compute); train/eval mode is the
     caller's choice. Returns (N, C, H, W) float32 latents (still × the VAE scaling factor).
     """
@@ -126,7 +128,11 @@ def sample(
     param = next(denoiser.parameters(), None)
     model_dtype = param.dtype if param is not None else torch.float32
     sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=y.device)  # (steps + 1,)
-    x_init = initial_noise(shape, sigma_max, seed=seed, generator=generator, device=y.device)
+    if x_init is None:
+        x_init = initial_noise(shape, sigma_max, seed=seed, generator=generator, device=y.device)
+    elif tuple(x_init.shape) != shape:
+        raise ConfigError(f"x_init shape {tuple(x_init.shape)} != sample shape {shape}")
+    x_init = x_init.to(device=y.device, dtype=torch.float64)
 
     def denoise_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return guided_denoise(denoiser, x, sigma, y, guidance)

@@ -44,6 +44,11 @@ class LatentDecoder:
         return to_uint8(self.model.decode(latents).sample)
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """The noise seed of sample ``index``: a hash of (seed, index), so no two samples share noise."""
+    return int(np.random.SeedSequence((int(seed) & (2**63 - 1), int(index))).generate_state(1, np.uint64)[0])
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -56,22 +61,25 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     sampler: str = "heun",
+    first_index: int = 0,
 ) -> np.ndarray:
-    """uint8 (N, H, W, 3) images for caption embeddings (N, L, Dy); sample i uses seed + i's batch."""
+    """uint8 (N, H, W, 3) images for caption embeddings (N, L, Dy).
+
+    Sample ``first_index + i`` starts from its own noise (``sample_seed``), so an image does not
+    depend on the batch size or on how samples are split over ranks: rank r generating samples
+    [a, b) of N produces exactly the images a single process would for those indices."""
+    from microdit.diffusion.samplers import SIGMA_MAX, initial_noise
+
     device = next(model.parameters()).device
     denoiser = EDMDenoiser(model).eval()
     channels = model.config.latent_channels
     out = []
     for start in range(0, len(text_emb), batch_size):
         y = text_emb[start : start + batch_size].to(device, torch.float32)
-        latents = sample(
-            denoiser,
-            y,
-            (len(y), channels, latent_size, latent_size),
-            steps=steps,
-            guidance=guidance,
-            sampler=sampler,
-            seed=seed + start,
-        )
+        shape = (channels, latent_size, latent_size)
+        noise = torch.stack([initial_noise(shape, SIGMA_MAX, seed=sample_seed(seed, first_index + start + i))
+                             for i in range(len(y))])  # (B, C, h, w) float64, x sigma_max
+        latents = sample(denoiser, y, (len(y), *shape), steps=steps, guidance=guidance, sampler=sampler,
+                         x_init=noise)
         out.append(decoder(latents))
     return np.concatenate(out) if out else np.zeros((0, latent_size, latent_size, 3), np.uint8)

@@ -52,7 +52,7 @@ class _Recording:
         return features
 
 
-def prepare_reference(cfg: EvaluationConfig):
+def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu"):
     """The reference set's rows (latents, captions, text states), its decoder and its FID statistics.
 
     The statistics are cached beside the set, keyed by content: a sweep calls this once in the
@@ -69,7 +69,7 @@ def prepare_reference(cfg: EvaluationConfig):
     manifest = load_manifest(directory)
     resolution = cfg.resolution or manifest.resolutions[0]
     rows = read_set(directory, ["latents", "text_emb", "caption"], resolution=resolution)
-    decoder = LatentDecoder(manifest.vae)
+    decoder = LatentDecoder(manifest.vae, device)  # decodes the reference and, later, the generated latents
     latents = rows["latents"]
     reference_images = np.concatenate([decoder(torch.from_numpy(latents[i:i + cfg.batch_size]
                                                            .astype(np.float32)))
@@ -79,20 +79,42 @@ def prepare_reference(cfg: EvaluationConfig):
 
 
 def evaluate_model(
-    model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None
+    model: torch.nn.Module, cfg: EvaluationConfig, grid_path: str | Path | None = None, *,
+    rank: int = 0, world: int = 1, device: str | torch.device | None = None,
 ) -> dict:
-    """{fid_N, fid_N_std/_ci_low/_ci_high?, clip_score?, generation_images_per_s, eval_seconds}; a grid."""
+    """{fid_N, fid_N_std/_ci_low/_ci_high?, clip_score?, generation_images_per_s, eval_seconds}; a grid.
+
+    With ``world`` > 1 (inside an initialised process group, e.g. every rank of a Train run) each
+    rank generates and scores its share of the samples on ``device`` and the statistics are merged
+    exactly (``microdit.evaluate.sharded``); every rank returns the same metrics, rank 0 writes the
+    grid. Rank 0 builds a missing reference cache first; the others then read it."""
     from microdit.evaluate.clip_score import load_clip_scorer
     from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
     from microdit.evaluate.generate import generate
     from microdit.evaluate.inception import InceptionFeatureExtractor
+    from microdit.evaluate.sharded import (
+        all_reduce_stats,
+        all_reduce_sum,
+        barrier,
+        gather_first_images,
+        gather_in_order,
+        shard_range,
+    )
 
     if cfg.bootstrap < 0 or cfg.bootstrap == 1:
         raise ConfigError(f"bootstrap: number of FID resamples, 0 (none) or >= 2, got {cfg.bootstrap}")
+    if world > 1 and cfg.num_actors:
+        raise ConfigError("num_actors: a sharded (per-rank) evaluation extracts features on each rank; use 0")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     started = time.perf_counter()
-    rows, decoder, reference = prepare_reference(cfg)
+    if rank != 0:
+        barrier(world)  # rank 0 computes and caches the reference statistics first
+    rows, decoder, reference = prepare_reference(cfg, device)
+    if rank == 0:
+        barrier(world)
 
-    index = np.arange(cfg.num_samples) % len(rows["caption"])
+    mine = shard_range(cfg.num_samples, rank, world)
+    index = np.arange(mine.start, mine.stop) % len(rows["caption"])
     text_emb = torch.from_numpy(rows["text_emb"][index].astype(np.float32))
     captions = [rows["caption"][i] for i in index]
     latent_size = rows["latents"].shape[-1]
@@ -106,6 +128,7 @@ def evaluate_model(
         guidance=cfg.guidance,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        first_index=mine.start,
     )
     gen_seconds = time.perf_counter() - gen_start
     batches = (images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))
@@ -113,12 +136,15 @@ def evaluate_model(
     if cfg.num_actors:
         stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images))
     else:
-        stats = local_feature_stats(batches, _Recording(InceptionFeatureExtractor(), kept), total=len(images))
+        extractor = InceptionFeatureExtractor(batch_size=cfg.batch_size, device=device)
+        stats = local_feature_stats(batches, _Recording(extractor, kept), total=len(images))
+    stats = all_reduce_stats(stats, world)
     name = fid_metric_name(cfg.num_samples)
-    if cfg.bootstrap and stats.count >= 4 and kept:
+    if cfg.bootstrap and stats.count >= 4 and not cfg.num_actors:
+        features = np.concatenate(gather_in_order(np.concatenate(kept) if kept else np.zeros((0, 2048)), world))
         start = time.perf_counter()
-        spread = fid_uncertainty(np.concatenate(kept), reference.stats, num_resamples=cfg.bootstrap,
-                                 seed=cfg.seed, generated=stats)
+        spread = fid_uncertainty(features, reference.stats, num_resamples=cfg.bootstrap, seed=cfg.seed,
+                                 generated=stats)
         metrics = spread.metrics(name)  # name: fid_from_stats(stats, reference.stats), as without resampling
         log.info("%s: %d resamples (%s) in %.1f s", name, cfg.bootstrap, spread.method, time.perf_counter() - start)
     else:
@@ -126,14 +152,17 @@ def evaluate_model(
             log.warning("%s: no std/interval: Ray actors return moments, not the feature rows resampling needs",
                         name)
         metrics = {name: fid_from_stats(stats, reference.stats)}
-    metrics["generation_images_per_s"] = len(images) / max(gen_seconds, 1e-9)
+    metrics["generation_images_per_s"] = all_reduce_sum(len(images) / max(gen_seconds, 1e-9), world)
     scorer = load_clip_scorer(cfg.clip_model)
-    if scorer is not None:
-        metrics["clip_score"] = scorer.score(images, captions)
+    if scorer is not None:  # a mean over samples: each rank's sum, added
+        local = scorer.score(images, captions) * len(images) if len(images) else 0.0
+        metrics["clip_score"] = all_reduce_sum(local, world) / cfg.num_samples
     if grid_path is not None:
-        from microdit.evaluate.grid import save_grid
+        first = gather_first_images(images, mine.start, 16, world)
+        if rank == 0:
+            from microdit.evaluate.grid import save_grid
 
-        save_grid(images[:16], grid_path, captions=captions[:16])
+            save_grid(first, grid_path, captions=[rows["caption"][i % len(rows["caption"])] for i in range(len(first))])
     metrics["eval_seconds"] = time.perf_counter() - started
     log.info("evaluation: %s", metrics)
     return metrics

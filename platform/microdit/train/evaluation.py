@@ -1,11 +1,13 @@
-"""Rank 0's in-training evaluation: a small FID and a sample grid, logged to the run's MLflow record.
+"""In-training evaluation: a small FID on every rank's share of the samples, and a sample grid.
 
 Runs at phase ends and every ``evaluation.every_images`` images (SPEC §5: sweeps need an
-intermediate quality signal). The weights evaluated are the EMA when one is being tracked,
-else the live model. The other ranks wait at their next collective meanwhile, and the wall
-time is inside the cost clock: evaluation is billed like training, and logged as
-``eval_seconds``. Without an ``evaluation`` section, phase ends still get a sample grid of the
-training set's first captions with fixed seeds.
+intermediate quality signal). The weights evaluated are those the phase produces (its EMA if it
+runs one, else the live weights). Every rank generates and scores its share on its own device
+and the feature statistics are merged exactly (``microdit.evaluate.sharded``): no rank idles in a
+collective while one does all the work, and a large evaluation takes 1/world of the time. Rank 0
+logs the metrics and the grid. The wall time is inside the cost clock: evaluation is billed like
+training, and logged as ``eval_seconds``. Without an ``evaluation`` section, phase ends still get
+a sample grid (rank 0) of the training set's first captions with fixed seeds.
 """
 
 from __future__ import annotations
@@ -34,25 +36,31 @@ def snapshot(model_config: ModelConfig, weights: dict[str, torch.Tensor], device
 
 
 def evaluate_and_log(recipe: RecipeConfig, model_config: ModelConfig, weights: dict[str, torch.Tensor],
-                     device: torch.device, logger, step: int, tag: str) -> dict[str, float]:
-    """Evaluate ``weights`` (FID if configured, else only a grid) and queue metrics + grid for MLflow."""
+                     device: torch.device, logger, step: int, tag: str, rank: int = 0,
+                     world: int = 1) -> dict[str, float]:
+    """Evaluate ``weights`` (FID if configured: every rank calls this; else only a grid: rank 0 only)
+    and queue metrics + grid for MLflow (rank 0's ``logger``)."""
     from microdit.evaluate.pipeline import EvaluationConfig, evaluate_model
 
+    if recipe.evaluation is None and rank != 0:
+        return {}
     started = time.perf_counter()
     model = snapshot(model_config, weights, device)
-    grid = Path(tempfile.mkdtemp(prefix="microdit-grid-")) / f"samples_step{step:07d}_{tag}.png"
+    name = f"samples_step{step:07d}_{tag}.png"  # written by rank 0 only (the others take part in its gather)
+    grid = Path(tempfile.mkdtemp(prefix="microdit-grid-")) / name if rank == 0 else Path(name)
     metrics: dict[str, float] = {}
     if recipe.evaluation is not None:
         ev = recipe.evaluation
         config = EvaluationConfig(reference=ev.reference, num_samples=ev.num_samples, steps=ev.steps,
                                   guidance=ev.guidance, seed=recipe.seed, clip_model=ev.clip_model)
-        metrics = {k: float(v) for k, v in evaluate_model(model, config, grid_path=grid).items()}
+        metrics = {k: float(v) for k, v in evaluate_model(model, config, grid_path=grid, rank=rank, world=world,
+                                                          device=device).items()}
     elif recipe.tracking.sample_grid:
         sample_grid(recipe, model, grid)
     metrics["eval_seconds"] = time.perf_counter() - started
-    if logger is not None:
+    if logger is not None and rank == 0:
         logger.metrics(metrics, step)
-        if grid.exists():
+        if grid.is_file():
             logger.artifact(str(grid), "samples")
     log.info("evaluation at step %d (%s): %s", step, tag, metrics)
     return metrics

@@ -273,10 +273,10 @@ class WorkerRun:
         if not (crossed or at_end):
             return
         weights = self.produced_weights()  # a collective under FSDP: every rank takes part
-        if self.rank != 0:
-            return
+        # FID: every rank evaluates its share (merged exactly); grid only: rank 0 alone
         evaluate_and_log(self.recipe, self.model_config, weights, self.device, self.logger,
-                         self.progress.global_step, f"phase{self.progress.phase}" if phase_done else "interval")
+                         self.progress.global_step, f"phase{self.progress.phase}" if phase_done else "interval",
+                         rank=self.rank, world=self.world)
 
     def checkpoint(self, stream) -> None:
         """Gather every rank's stream position, then rank 0 writes and reports the checkpoint. The
