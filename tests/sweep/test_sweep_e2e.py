@@ -60,6 +60,12 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     assert metrics[FINAL_COST] == pytest.approx(metrics["final/train_usd"] + metrics["final/eval_usd"], rel=1e-12)
     assert metrics["cost_usd"] == metrics[FINAL_COST]  # MLflow's latest value is the final one
     assert metrics["final/eval_usd"] > 0 and metrics["final/train_usd"] > 0
+    # evaluation ran as its own Train run on the trial's worker (CPU, $0.05/h here), billed for the
+    # seconds that worker was held, start-up included
+    resources = load_recipe_for_trial(spec).resources
+    billed = metrics["eval_seconds"] / 3600 * resources.billed_devices * resources.hourly_price
+    assert resources.billed_devices == 1 and metrics["final/eval_usd"] == pytest.approx(billed, rel=1e-9)
+    assert metrics["eval_seconds"] > 1.0  # a Train worker group started for it (seconds on this box)
     assert metrics["images_seen"] == metrics["final/images_seen"] == 24  # 3 steps x batch 8 = the budget
     history = mlflow_client.get_metric_history(good.info.run_id, "cost_usd")
     assert max(history, key=lambda m: m.step).value == metrics[FINAL_COST]
@@ -117,3 +123,10 @@ def test_killed_driver_resumes_without_duplicates(tiny_demo, tmp_path):
     journal = tmp_path / "runs" / "sweeps" / "resume" / "optuna_journal.log"
     study = optuna.load_study(study_name="resume", storage=JournalStorage(JournalFileBackend(str(journal))))
     assert len(study.trials) == 2
+
+
+def load_recipe_for_trial(spec):
+    from microdit.config.recipe import RecipeConfig
+    from microdit.sweep.runner import first_corner
+
+    return RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "price"))

@@ -40,7 +40,8 @@ def _label(value: Any) -> Any:
 def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from microdit.evaluate.pipeline import EvaluationConfig, evaluate_weights
+    from microdit.evaluate.on_workers import evaluate_on_workers
+    from microdit.evaluate.pipeline import EvaluationConfig
     from microdit.sweep.runner import trial_needs_evaluation
     from microdit.tracking import client, finish_run, log_final_metrics, metric_key
     from microdit.train.trainer import run_training
@@ -67,7 +68,9 @@ def run_trial(config: dict[str, Any]) -> None:
     results = None
     if summary.weights and trial_needs_evaluation(spec):
         evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
-        results = evaluate_weights(summary.weights, evaluation)  # the trial holds its devices meanwhile
+        # on the trial's own workers and devices (a Train run like the training's), billed for that time
+        results = evaluate_on_workers(summary.weights, evaluation, recipe.resources,
+                                      storage_path=config["train_storage"], name=f"{recipe.name}-eval")
         deviation = deviation_from_official(evaluation.steps, evaluation.guidance)
         mlflow_client.set_tag(summary.mlflow_run_id, "microdit.eval_protocol",
                               deviation or "official: 30 Heun steps, guidance 5")
