@@ -94,3 +94,14 @@ def test_evaluate_cli_finds_the_final_weights_by_run_name(baseline, train_demo, 
     assert run.data.metrics["fid_8"] > 0 and f"fid_8={run.data.metrics['fid_8']:.4g}" in printed
     assert run.data.tags["microdit.eval_protocol"].startswith("2 Heun steps")
     assert main(["evaluate", "--checkpoint", "no-such-run", "--mlflow-uri", uri]) == 2
+
+    # the same evaluation on a Ray Train worker: same samples, same FID; the device time is billed
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", baseline.summary.weights, "--reference",
+                 str(train_demo["demo_real_heldout"]), "--num-samples", "8", "--steps", "2", "--guidance", "2",
+                 "--mlflow-uri", uri, "--workers", "1", "--cpus-per-worker", "0.5"]) == 0
+    eval_run_id = capsys.readouterr().out.rsplit("(MLflow run ", 1)[1].split(")")[0]
+    on_worker = mlflow_client(uri).get_run(eval_run_id).data.metrics  # a path was given: a new evaluate run
+    assert on_worker["fid_8"] == pytest.approx(run.data.metrics["fid_8"], rel=1e-6)
+    assert on_worker["eval_cost_usd"] == pytest.approx(on_worker["eval_device_hours"] * 0.05, rel=1e-12)  # CPU $/h
+    assert on_worker["eval_device_hours"] == pytest.approx(on_worker["eval_seconds"] / 3600, rel=1e-12)

@@ -25,6 +25,13 @@ def add_parser(subparsers) -> None:
                         help="for a checkpoint folder: auto = the EMA only if the phase in progress updated it")
     parser.add_argument("--clip-model", default=None, help="CLIPModel hub id or local path (CLIP score)")
     parser.add_argument("--num-actors", type=int, default=0, help="Inception actors on Ray (0 = in-process)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="evaluate on N Ray Train workers, each its share of the samples (0 = in this process)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0 = CPU workers)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    parser.add_argument("--accelerator", default=None,
+                        help="device type: its price bills eval_cost_usd and, on GPUs, Ray schedules on it "
+                             "(default CPU, or H100 with --gpus-per-worker)")
     parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--experiment", default="microdit-eval")
     parser.set_defaults(func=run)
@@ -78,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
                               num_actors=args.num_actors)
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "evaluation_samples.png"
-        metrics = evaluate_weights(weights, config, grid_path=grid, which=args.weights)
+        if args.workers:
+            metrics = evaluate_on_ray_workers(args, weights, config)
+        else:
+            metrics = evaluate_weights(weights, config, grid_path=grid, which=args.weights)
         created = run_id is None
         if created:
             run_id, _ = get_or_create_run(uri, args.experiment, f"eval-{_run_label(weights)}-{args.num_samples}",
@@ -90,13 +100,40 @@ def run(args: argparse.Namespace) -> int:
         mlflow_client.set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
         if "clip_score" not in metrics:
             mlflow_client.set_tag(run_id, "microdit.clip_score", "unavailable (no --clip-model)")
-        mlflow_client.log_artifact(run_id, str(grid), "evaluation")
+        if grid.is_file():
+            mlflow_client.log_artifact(run_id, str(grid), "evaluation")
         if created:
             finish_run(uri, run_id)
     print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()) + f"  (MLflow run {run_id})")
     if deviation:
         print(f"note: sampled with {deviation}")
     return 0
+
+
+def evaluate_on_ray_workers(args: argparse.Namespace, weights: str, config) -> dict:
+    """``--workers N``: a Train run of N workers (GPUs if asked) evaluates, each its share; the metrics
+    add what holding those devices cost (``eval_cost_usd``, ``eval_device_hours``)."""
+    import time
+
+    from microdit import storage
+    from microdit.cluster import connect_ray
+    from microdit.config.recipe import ResourcesConfig
+    from microdit.errors import ConfigError
+    from microdit.evaluate.on_workers import evaluate_on_workers
+
+    if config.num_actors:
+        raise ConfigError("--workers and --num-actors: choose one (workers extract their own features)")
+    accelerator = args.accelerator or ("H100" if args.gpus_per_worker > 0 else "CPU")
+    resources = ResourcesConfig(num_workers=args.workers, use_gpu=args.gpus_per_worker > 0,
+                                gpus_per_worker=args.gpus_per_worker or 1.0, cpus_per_worker=args.cpus_per_worker,
+                                accelerator=accelerator)
+    connect_ray()
+    name = f"eval-{_run_label(weights)}-{args.num_samples}-{time.strftime('%Y%m%d-%H%M%S')}"
+    metrics = evaluate_on_workers(weights, config, resources, storage_path=storage.join(storage.root(), "evaluations"),
+                                  name=name, which=args.weights)
+    hours = metrics["eval_seconds"] / 3600 * resources.billed_devices
+    metrics.update({"eval_device_hours": hours, "eval_cost_usd": hours * resources.hourly_price})
+    return metrics
 
 
 def _run_label(weights: str) -> str:

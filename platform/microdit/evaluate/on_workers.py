@@ -18,8 +18,10 @@ from typing import Any
 from microdit.evaluate.pipeline import EvaluationConfig
 
 
-def evaluate_on_workers(weights: str, cfg: EvaluationConfig, resources, *, storage_path: str, name: str) -> dict:
-    """Metrics of ``weights`` evaluated by a Train run shaped like ``resources`` (see module docstring)."""
+def evaluate_on_workers(weights: str, cfg: EvaluationConfig, resources, *, storage_path: str, name: str,
+                        which: str = "auto") -> dict:
+    """Metrics of ``weights`` evaluated by a Train run shaped like ``resources`` (see module docstring);
+    ``which``: EMA or live weights of a checkpoint folder (``load_weights``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -28,7 +30,7 @@ def evaluate_on_workers(weights: str, cfg: EvaluationConfig, resources, *, stora
     started = time.perf_counter()
     trainer = TorchTrainer(
         evaluate_worker,
-        train_loop_config={"weights": weights, "config": dataclasses.asdict(cfg),
+        train_loop_config={"weights": weights, "config": dataclasses.asdict(cfg), "which": which,
                            "torch_threads": resources.torch_threads},
         scaling_config=ray.train.ScalingConfig(**scaling_kwargs(resources)),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
@@ -55,6 +57,6 @@ def evaluate_worker(config: dict[str, Any]) -> dict | None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(config["torch_threads"])
-    model = load_weights(config["weights"], device=device)
+    model = load_weights(config["weights"], device=device, which=config.get("which", "auto"))
     metrics = evaluate_model(model, EvaluationConfig(**config["config"]), rank=rank, world=world, device=device)
     return metrics if rank == 0 else None
