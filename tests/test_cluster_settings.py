@@ -70,3 +70,17 @@ def test_default_locations_follow_the_root_not_the_working_directory(monkeypatch
     resolved = with_resolved_data(uri_recipe)
     assert resolved["data"]["real"] == "s3://b2/sets/real"
     assert resolved["phases"][0]["data"]["synthetic"] == str(tmp_path / "local" / "syn")
+
+
+def test_experiments_open_on_the_runs_table_in_the_mlflow_ui(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from microdit.tracking import experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = experiment_id(uri, "fresh")
+    mlflow = MlflowClient(tracking_uri=uri)
+    assert mlflow.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = mlflow.create_experiment("by-hand")  # an experiment made without the tag gets it on first use
+    assert experiment_id(uri, "by-hand") == old
+    assert mlflow.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"

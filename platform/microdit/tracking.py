@@ -44,13 +44,20 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless it is tagged as model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(uri: str, name: str) -> str:
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:  # made by an older version or by hand
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_root(uri, name), tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
 

@@ -19,6 +19,9 @@ SUBCOMMANDS = ("model", "prepare", "train", "evaluate", "sweep", "compare")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
+    from microdit import __version__
+
+    parser.add_argument("--version", action="version", version=f"microdit {__version__}")
     parser.add_argument("--root", dest="storage_root", default=None,
                         help="storage root for runs, sweeps and prepared sets: a path or a URI such as "
                              "s3://bucket/microdit (default $MICRODIT_ROOT or ~/microdit)")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from microdit.config.model import ModelConfig
 from microdit.errors import ConfigError
 
@@ -106,6 +104,8 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     Active: with expert choice each token is processed by ``capacity`` experts on average, so an
     MoE layer contributes its router plus capacity/E of its expert weights.
     """
+    import torch
+
     from microdit.model.microdit import MicroDiT
     from microdit.model.moe import ExpertChoiceMoE
 
