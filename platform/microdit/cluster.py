@@ -26,7 +26,7 @@ from microdit.errors import ConfigError
 from microdit.storage import ROOT_ENV, root
 
 log = logging.getLogger(__name__)
-SHIPPED_ENV = ("MICRODIT_ROOT", "MICRODIT_DATA_ROOT", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
+SHIPPED_ENV = ("MICRODIT_ROOT", "MICRODIT_DATA_ROOT", "MICRODIT_VERBOSITY", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
                "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
 PACKAGE_DIR = str(Path(__file__).resolve().parent)  # platform/microdit (or site-packages/microdit)
 SHIP_PACKAGE_ENV = "MICRODIT_SHIP_PACKAGE"  # "0": rely on the package installed on every node
@@ -66,12 +66,15 @@ def connect_ray() -> None:
         return
     # Small or busy machines start a 2-worker group in more than Ray's default 60 s.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    from microdit.console import quiet_ray_data, ray_init_kwargs
+
     env = runtime_env()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env or None)
-    else:
-        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
-                 runtime_env=env or None)
+        ray.init(runtime_env=env or None, **ray_init_kwargs())
+    else:  # a fresh one, never whatever cluster an address file of an earlier session points at
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
+                 runtime_env=env or None, **ray_init_kwargs())
+    quiet_ray_data()
 
 
 def alive_nodes() -> int:

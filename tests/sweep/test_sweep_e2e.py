@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,10 +37,34 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     ]}}
     spec_file = tmp_path / "e2e.yaml"
     spec_file.write_text(yaml.safe_dump(data))
-    assert main(["sweep", str(spec_file)]) == 1
-    captured = capsys.readouterr()
-    assert "1 finished, 0 stopped early, 1 failed" in captured.out
-    assert "1 trial(s) failed" in captured.err
+    # the console entry, as a user runs it, output to a file (not a terminal): a short, readable log
+    # It joins the session's cluster (as a driver would join `ray start`): two clusters on one
+    # machine would make Ray's address auto-detection (Train's placement-group cleaner) fail.
+    import os
+
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # loopback: keep 127.0.0.1
+    log = tmp_path / "console.log"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "microdit", "sweep", str(spec_file)], stdout=out,
+                              stderr=subprocess.STDOUT, timeout=600, env=env)
+    text = log.read_text()
+    lines = text.splitlines()
+    assert done.returncode == 1, text[-3000:]
+    assert len(lines) <= 80, f"{len(lines)} lines:\n{text}"
+    assert "sweep e2e: 1 finished, 0 stopped early, 1 failed" in text and "1 trial(s) failed" in text
+    assert sum(line.startswith("trial ") and " started: " in line for line in lines) == 2
+    (failed,) = [line for line in lines if line.startswith("trial ") and " FAILED: " in line]
+    assert "RuntimeError: injected failure at step 1 (debug.fail_at_step)" in failed  # the error, named
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert f"  MLflow    mlflow ui --backend-store-uri {db}" in text
+    (plot,) = [line.split()[-1] for line in lines if line.startswith("  plot ")]
+    assert plot.startswith("file://") and Path(plot[len("file://"):]).is_file() and plot.endswith("/pareto.png")
+    (best,) = [line for line in lines if line.startswith("  best ")]
+    assert best.split()[-1].endswith("/final_weights.pt") and Path(best.split()[-1]).is_file()
+    assert "Reporting training result" not in text and "Trial status" not in text  # Ray's internals stay quiet
 
     spec = load_sweep(str(spec_file))
     uri = spec.mlflow_uri

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     from microdit import __version__
 
     parser.add_argument("--version", action="version", version=f"microdit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: -v shows Ray/MLflow info logs, -vv also Tune's status tables")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.add_argument("--root", dest="storage_root", default=None,
                         help="storage root for runs, sweeps and prepared sets: a path or a URI such as "
                              "s3://bucket/microdit (default $MICRODIT_ROOT or ~/microdit)")
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from microdit.console import configure
+
+    configure(-1 if args.quiet else args.verbose)
     if args.storage_root:  # one setting for the whole process and, through the runtime env, every Ray worker
         from microdit.storage import ROOT_ENV, resolve
 

@@ -27,14 +27,17 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_plan(spec, args.images_per_s))
         return 0
+    from microdit.console import where_to_look
     from microdit.sweep.accounting import usd
     from microdit.sweep.runner import run_sweep
+    from microdit.tracking import tracking_uri
 
     outcome = run_sweep(spec, storage=args.storage, allow_changed_spec=args.allow_changed_spec)
     print(outcome.report)
     print(f"\nsweep {outcome.name}: {outcome.finished} finished, {outcome.stopped_early} stopped early, "
-          f"{outcome.failed} failed; spent {usd(outcome.spent_usd)}; wall {outcome.wall_seconds:.0f} s; "
-          f"MLflow parent run {outcome.parent_run_id}")
+          f"{outcome.failed} failed; spent {usd(outcome.spent_usd)}; wall {outcome.wall_seconds:.0f} s")
+    for line in where_to_look(tracking_uri(spec.mlflow_uri), outcome.parent_run_id, spec.name, outcome.best_trial):
+        print(line)
     if outcome.failed:
         print(f"microdit sweep: {outcome.failed} trial(s) failed (their errors are in the Tune results and the "
               "MLflow child runs); run the command again to retry them", file=sys.stderr)

@@ -393,4 +393,4 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 def _progress(total: int, name: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"prepare {name}", unit="shard", disable=not enabled)
+    return tqdm(total=total, desc=f"prepare {name}", unit="shard", disable=None if enabled else True)  # terminal only

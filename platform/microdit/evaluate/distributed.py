@@ -84,7 +84,7 @@ def distributed_feature_stats(
     done = 0
     start = time.perf_counter()
     try:
-        with tqdm(total=total, desc=desc, unit="img") as bar:
+        with tqdm(total=total, desc=desc, unit="img", disable=None) as bar:  # None: a terminal only
 
             def collect(num_returns: int) -> None:
                 nonlocal done
@@ -130,7 +130,7 @@ def local_feature_stats(
     """The same as ``distributed_feature_stats`` in this process, for tests and small sets."""
     stats = FeatureStats.empty()
     start = time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="img") as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=None) as bar:  # None: a terminal only
         for batch in batches:
             if len(batch) == 0:
                 continue

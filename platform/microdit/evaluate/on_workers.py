@@ -25,6 +25,7 @@ def evaluate_on_workers(weights: str, cfg: EvaluationConfig, resources, *, stora
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from microdit.console import train_logging_config
     from microdit.train.trainer import scaling_kwargs
 
     started = time.perf_counter()
@@ -34,7 +35,8 @@ def evaluate_on_workers(weights: str, cfg: EvaluationConfig, resources, *, stora
                            "torch_threads": resources.torch_threads},
         scaling_config=ray.train.ScalingConfig(**scaling_kwargs(resources)),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+                                       failure_config=ray.train.FailureConfig(max_failures=0),
+                                       logging_config=train_logging_config()),
     )
     metrics = dict(trainer.fit().return_value or {})
     metrics["eval_seconds"] = time.perf_counter() - started  # devices held: what is billed
@@ -46,9 +48,11 @@ def evaluate_worker(config: dict[str, Any]) -> dict | None:
     import ray.train
     import torch
 
+    from microdit.console import configure_worker
     from microdit.evaluate.pipeline import evaluate_model
     from microdit.train.state import load_weights
 
+    configure_worker()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     try:

@@ -41,6 +41,7 @@ class SweepOutcome:
     failed: int
     spent_usd: float
     wall_seconds: float
+    best_trial: str | None = None  # run name of the finished trial best on the first objective
 
 
 def predicted_trial_dollars(spec: SweepSpec, images_per_s: float = 20.0) -> float:
@@ -63,6 +64,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
     from ray import tune
 
     from microdit.cluster import check_tracking_fits_cluster, connect_ray
+    from microdit.console import tune_verbosity
     from microdit.sweep.report import sweep_report
     from microdit.sweep.search import build_searcher
     from microdit.sweep.trial import run_trial
@@ -112,13 +114,35 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
             trainable, param_space=config,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials(),
                                         max_concurrent_trials=spec.max_concurrent),
-            run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir),
+            run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=tune_verbosity(),
+                                          callbacks=[trial_lines(spec)]),
         )
     results = tuner.fit()
     report = sweep_report(spec, uri, parent_run_id, results, sweep_dir)
     finish_run(uri, parent_run_id, "FINISHED")
     return SweepOutcome(spec.name, parent_run_id, report.text, report.finished, report.stopped_early, report.failed,
-                        report.spent_usd, time.perf_counter() - started)
+                        report.spent_usd, time.perf_counter() - started, best_trial(report, spec))
+
+
+def best_trial(report, spec: SweepSpec) -> str | None:
+    """The finished trial with the best value of the first objective (its run name), if any."""
+    objective = spec.objectives[0]
+    scored = [r for r in report.rows if r.get("status") == "finished" and isinstance(r.get(objective.metric), float)]
+    if not scored:
+        return None
+    pick = min if objective.mode == "min" else max
+    return pick(scored, key=lambda r: r[objective.metric])["trial"]
+
+
+def trial_lines(spec: SweepSpec):
+    """The console's one-line-per-event trial reporter for this spec."""
+    from microdit.console import make_trial_lines
+    from microdit.sweep.trial import _label, trial_values
+
+    def params(config: dict) -> str:
+        return ", ".join(f"{k}={_label(v)}" for k, v in trial_values(spec, config).items())
+
+    return make_trial_lines(spec.num_trials(), params, spec.trial_images, spec.trial_dollars)
 
 
 def sweep_root(spec: SweepSpec, storage: str | None = None) -> str:

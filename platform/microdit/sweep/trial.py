@@ -40,12 +40,14 @@ def _label(value: Any) -> Any:
 def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from microdit.console import configure_worker
     from microdit.evaluate.on_workers import evaluate_on_workers
     from microdit.evaluate.pipeline import EvaluationConfig
     from microdit.sweep.runner import trial_needs_evaluation
     from microdit.tracking import client, finish_run, log_final_metrics, metric_key
     from microdit.train.trainer import run_training
 
+    configure_worker()
     trial_started = time.time()
     spec = load_sweep(config["spec_dict"])
     context = tune.get_context()

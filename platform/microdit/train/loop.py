@@ -61,6 +61,9 @@ class StopTraining(Exception):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    from microdit.console import configure_worker
+
+    configure_worker()
     return WorkerRun(config).run()
 
 

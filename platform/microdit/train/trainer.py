@@ -187,6 +187,7 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from microdit.console import train_logging_config
     from microdit.train.loop import train_loop_per_worker
 
     started = time.perf_counter()
@@ -221,6 +222,7 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
             name=name, storage_path=storage_root, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=recipe.tracking.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.tracking.keep_checkpoints),
+            logging_config=train_logging_config(),
         ),
     )
     try:
