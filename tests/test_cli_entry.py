@@ -24,3 +24,19 @@ def test_help_builds_without_importing_torch():
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     done = _run("-c", code)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_every_option_has_help_and_defaults_are_shown():
+    import argparse
+
+    from microdit.cli.main import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"model", "prepare", "train", "evaluate", "sweep", "compare"}
+    for name, sub in commands.choices.items():
+        missing = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+        assert not missing, f"microdit {name}: options without help {missing}"
+    text = " ".join(commands.choices["evaluate"].format_help().split())
+    assert "MLflow experiment of new evaluate runs (default: microdit-eval)" in text
+    assert "generated images (the metric is fid_<N>) (default: 1000)" in text

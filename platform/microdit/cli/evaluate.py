@@ -17,10 +17,10 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="FID / CLIP score of trained weights against a reference set")
     parser.add_argument("--checkpoint", required=True, help="final_weights.pt, a checkpoint dir, or an MLflow run")
     parser.add_argument("--reference", default="demo_real_heldout", help="prepared reference set (path or name)")
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=int, default=1000, help="generated images (the metric is fid_<N>)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (official: 5)")
+    parser.add_argument("--steps", type=int, default=30, help="Heun sampling steps (official: 30)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (sample i: a hash of seed and i)")
     parser.add_argument("--weights", choices=("auto", "ema", "live"), default="auto",
                         help="for a checkpoint folder: auto = the EMA only if the phase in progress updated it")
     parser.add_argument("--clip-model", default=None, help="CLIPModel hub id or local path (CLIP score)")
@@ -32,8 +32,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--accelerator", default=None,
                         help="device type: its price bills eval_cost_usd and, on GPUs, Ray schedules on it "
                              "(default CPU, or H100 with --gpus-per-worker)")
-    parser.add_argument("--mlflow-uri", default=None)
-    parser.add_argument("--experiment", default="microdit-eval")
+    parser.add_argument("--mlflow-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or <root>/mlflow.db)")
+    parser.add_argument("--experiment", default="microdit-eval", help="MLflow experiment of new evaluate runs")
     parser.set_defaults(func=run)
 
 

@@ -17,8 +17,19 @@ from microdit.errors import ConfigError
 SUBCOMMANDS = ("model", "prepare", "train", "evaluate", "sweep", "compare")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless the help already explains it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsFormatter)
     from microdit import __version__
 
     parser.add_argument("--version", action="version", version=f"microdit {__version__}")
@@ -37,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = DefaultsFormatter
     return parser
 
 

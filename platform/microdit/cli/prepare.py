@@ -34,41 +34,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--root", help="demo only: directory or URI for the demo sets (default $MICRODIT_DATA_ROOT)"
     )
     parser.add_argument("--size", default="default", help="demo only: tiny | small | default")
-    parser.add_argument("--tag", default="real", choices=("real", "synthetic"))
-    parser.add_argument("--format", default="auto", choices=("auto", "folder", "webdataset", "parquet"))
+    parser.add_argument("--tag", default="real", choices=("real", "synthetic"), help="what every row of the set is")
+    parser.add_argument("--format", default="auto", choices=("auto", "folder", "webdataset", "parquet"),
+                        help="source format (auto: from the path)")
     parser.add_argument(
         "--dataset", default="", help="dataset name stored per row (default: the path's stem)"
     )
     parser.add_argument("--index", help="folder: a .jsonl/.csv listing file + caption instead of sidecars")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--caption-column", default="caption")
+    parser.add_argument("--image-column", default="image", help="parquet sources: the image bytes column")
+    parser.add_argument("--caption-column", default="caption", help="parquet sources: the caption column")
     parser.add_argument("--id-column", help="a stable id column (default: file path or file/row)")
     parser.add_argument(
         "--resolution", type=int, action="append", help="pixel size, repeatable (default 256; demo 32)"
     )
     parser.add_argument("--vae", default="pixels", help="'pixels' or an AutoencoderKL hub id / directory")
-    parser.add_argument("--vae-subfolder")
-    parser.add_argument("--vae-scaling-factor", type=float)
-    parser.add_argument("--vae-shift-factor", type=float)
+    parser.add_argument("--vae-subfolder", help="subfolder of the VAE repository or directory")
+    parser.add_argument("--vae-scaling-factor", type=float, help="latent scaling (default: the VAE config's)")
+    parser.add_argument("--vae-shift-factor", type=float, help="latent shift (default: the VAE config's, or 0)")
     parser.add_argument(
         "--text-encoder", default="minilm", help="'minilm' (packaged) or a hub id / directory"
     )
-    parser.add_argument("--text-encoder-kind", default="auto", choices=TEXT_MODEL_KINDS)
+    parser.add_argument("--text-encoder-kind", default="auto", choices=TEXT_MODEL_KINDS,
+                        help="how to load --text-encoder (auto: from its files)")
     parser.add_argument("--max-length", type=int, help="caption tokens L (default 77; demo 32)")
-    parser.add_argument("--rows-per-shard", type=int, default=512)
+    parser.add_argument("--rows-per-shard", type=int, default=512, help="images per shard (one unit of work)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder forward")
     parser.add_argument("--encoders", type=int, default=1, help="encoder actors (one per GPU)")
-    parser.add_argument("--gpus-per-encoder", type=float, default=0.0)
-    parser.add_argument("--cpus-per-encoder", type=float, default=1.0)
+    parser.add_argument("--gpus-per-encoder", type=float, default=0.0, help="GPUs per encoder actor")
+    parser.add_argument("--cpus-per-encoder", type=float, default=1.0, help="CPUs per encoder actor")
     parser.add_argument(
         "--min-side",
         type=int,
         help="skip images whose shorter side is smaller (default: the smallest --resolution; "
         "larger resolutions are upsampled, bicubic)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="VAE posterior sampling seed (per shard: + shard index)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
 
