@@ -20,7 +20,7 @@ from typing import Any
 
 VERBOSITY = 0
 NOISY = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", "matplotlib", "PIL")
-PROGRESS_EVERY_S = 15.0  # at most one progress line per trial this often
+PROGRESS_EVERY_S = 30.0  # at most one progress line per trial this often
 TUNE_ERROR_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
 
 

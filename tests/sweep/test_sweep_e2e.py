@@ -75,7 +75,12 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     assert parent.data.metrics["trials_finished"] == 1
     overhead = parent.data.metrics["overhead_usd"]
     assert overhead > 0 and parent.data.metrics["overhead_seconds"] > 0  # data + FID reference stats, once
-    assert {"pareto.txt", "pareto.png"} <= {a.path for a in mlflow_client.list_artifacts(parent_id)}
+    assert {"pareto.txt", "pareto.png", "sweep_trials.json"} <= {a.path for a in mlflow_client.list_artifacts(parent_id)}
+    import json
+
+    table = json.loads(Path(mlflow_client.download_artifacts(parent_id, "sweep_trials.json", str(tmp_path))).read_text())
+    status = table["columns"].index("status")
+    assert sorted(row[status] for row in table["data"]) == ["failed", "finished"]
 
     runs = {r.data.tags["microdit.trial_status"]: r for r in children(uri, parent_id)}
     assert sorted(runs) == ["failed", "finished"]

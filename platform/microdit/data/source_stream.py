@@ -31,8 +31,8 @@ Ray places a task elsewhere only when this node has no free CPU for it. (Ray 2.6
 ``**ray_remote_args`` entry with a ``RayDeprecationWarning``: those are to go in Ray 2.64, whose
 named ``label_selector`` / ``fallback_strategy`` parameters would then express the same.)
 
-Crossing the end of a pass starts the next seeded pass and logs a warning with the number of
-times the source's rows have now been repeated.
+Crossing the end of a pass starts the next seeded pass and logs the number of times the
+source's rows have now been repeated (a warning the first time, on rank 0; info afterwards).
 """
 
 from __future__ import annotations
@@ -330,7 +330,10 @@ class SourceStream:
             n -= k
             if self.offset == self.plan(self.pass_index).rows:
                 self.pass_index, self.offset = self.pass_index + 1, 0
-                log.warning(
+                # a warning the first time rows repeat (rank 0 speaks for all); later passes: info
+                first = self.pass_index == 1 and self.rank == 0
+                log.log(
+                    logging.WARNING if first else logging.INFO,
                     "data source %r: pass %d starts on rank %d; its rows have now been repeated %d time(s)",
                     self.name,
                     self.pass_index,

@@ -154,6 +154,10 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pareto.txt").write_text(text)
             mlflow_client.log_artifact(parent_run_id, str(Path(tmp) / "pareto.txt"))
+            # the trials as an MLflow table (the UI's artifact view shows it as one, sortable)
+            columns = sorted({k for r in rows for k in r})
+            mlflow_client.log_table(parent_run_id, {c: [_cell(r.get(c)) for r in rows] for c in columns},
+                                    TABLE_ARTIFACT)
             if len(objectives) >= 2 and configs:
                 x, y = objectives[-1][0], objectives[0][0]
                 plot = scatter_plot(configs, front, x, y, swept, Path(tmp) / "pareto.png", f"{sweep_name}: {y} vs {x}")
@@ -162,6 +166,14 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
         mlflow_client.log_metric(parent_run_id, "trials_finished", len(finished))
     return SweepReport(text, rows, configs, front, len(finished), counts["stopped_early"], counts["failed"], spent,
                        overhead)
+
+
+TABLE_ARTIFACT = "sweep_trials.json"
+
+
+def _cell(value: Any) -> Any:
+    """A table cell MLflow can store: numbers and strings as they are, anything else as text."""
+    return value if isinstance(value, (int, float, str)) or value is None else str(value)
 
 
 def _number(value: str) -> Any:
