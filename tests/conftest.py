@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from net_testing import free_port, wait_for_port
 
 # The local S3-compatible server (``s3_bucket``) listens on this port. The variables are set before
 # any Ray cluster starts, so Ray workers inherit them as they would on a configured node.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -71,16 +64,11 @@ def s3_server():
     script = os.path.join(os.path.dirname(__file__), "s3_server.py")
     proc = subprocess.Popen([sys.executable, script, str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start on {endpoint}") from None
-            time.sleep(0.2)
+    try:
+        wait_for_port(port, proc, "moto server", timeout=60)
+    except RuntimeError:
+        proc.kill()
+        raise
     yield endpoint
     proc.terminate()
     proc.wait(timeout=30)

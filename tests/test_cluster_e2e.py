@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,39 +30,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from net_testing import free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, EVERY = 32, 8, 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{what} did not start on 127.0.0.1:{port}") from None
-            time.sleep(0.3)
 
 
 @pytest.fixture
 def mlflow_server(s3_bucket, tmp_path):
     """``mlflow server`` on 127.0.0.1: SQLite backend, artifacts proxied into the bucket."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
          "--artifacts-destination", f"{s3_bucket}/mlartifacts", "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow-server.log", "w"))
     try:
-        _wait_for_port(port, proc, "mlflow server")
+        wait_for_port(port, proc, "mlflow server")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -77,7 +60,7 @@ def two_nodes():
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": _free_port()})
+        "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     try:
         yield cluster

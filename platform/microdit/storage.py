@@ -164,19 +164,10 @@ def write_bytes(location: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:  # visible only once complete
             f.write(data)
         return
-    directory = os.path.dirname(location) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(location)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, location)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_local_output(location) as tmp, open(tmp, "wb") as f:  # closed, then renamed
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(location: str, text: str) -> None:
