@@ -8,14 +8,15 @@ import ray.tune
 import yaml
 
 from microdit.config.recipe import RecipeConfig
-from microdit.config.sweep import SWEEP_DIR, load_sweep
+from microdit.config.shipped import SWEEPS, resolve
+from microdit.config.sweep import load_sweep
 from microdit.errors import ConfigError
 from microdit.sweep.accounting import FINAL_COST, sweep_total, trial_final_metrics, usd
 from microdit.sweep.report import configurations, tune_trial_id
 
 
 def _spec(**changes):
-    data = yaml.safe_load((SWEEP_DIR / "mask_ratio.yaml").read_text())
+    data = yaml.safe_load(resolve("mask_ratio", SWEEPS).read_text())
     data.update(changes)
     return load_sweep(data)
 

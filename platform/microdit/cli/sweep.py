@@ -8,7 +8,9 @@ import sys
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run or resume an ablation sweep (Ray Tune + Optuna)")
-    parser.add_argument("spec", help="sweep spec YAML, or a name under search_spaces/ (quickstart, mask_ratio...)")
+    from microdit.config.shipped import SWEEPS, shipped_names
+
+    parser.add_argument("spec", help="sweep spec YAML path, or a shipped spec: " + ", ".join(shipped_names(SWEEPS)))
     parser.add_argument("--dry-run", action="store_true", help="print trials and predicted cost, run nothing")
     parser.add_argument("--images-per-s", type=float, default=None,
                         help="throughput for the dry-run prediction (default: assumed MFU 0.5 on GPUs, 20 img/s on CPU)")

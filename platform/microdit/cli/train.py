@@ -10,7 +10,9 @@ import yaml
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a recipe on Ray Train (TorchTrainer), logged to MLflow")
-    parser.add_argument("recipe", help="recipe YAML path, or a shipped recipe name: demo, paper")
+    from microdit.config.shipped import RECIPES, shipped_names
+
+    parser.add_argument("recipe", help="recipe YAML path, or a shipped recipe: " + ", ".join(shipped_names(RECIPES)))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key by dotted path, e.g. phases[0].mask_ratio=0.5")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and predicted cost")

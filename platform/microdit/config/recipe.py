@@ -9,7 +9,6 @@ every field (pydantic, ``config/base.py``): errors name the dotted path, the val
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -27,6 +26,7 @@ from microdit.config.base import FieldError, StrictModel, need, validate_config
 from microdit.config.data import DataMixConfig
 from microdit.config.model import Masking, ModelConfig, Ratio
 from microdit.config.overrides import apply_overrides
+from microdit.config.shipped import RECIPES, resolve
 from microdit.errors import ConfigError
 
 # $ per accelerator-hour. H100: the paper's $1,890 over 499 H100-hours. CPU: one worker's share
@@ -37,7 +37,6 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 # Test hooks: a one-time failure on the last rank, a NaN loss, and a JSONL file per rank of the
 # row ids each micro-batch consumed (to check resume exactness: no duplicate, no gap).
 DEBUG_KEYS = ("fail_at_step", "nan_at_step", "record_ids_dir")
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 # The official monitoring protocol (SPEC §4): 30 Heun steps, guidance 5. Every sampling default uses it.
 OFFICIAL_SAMPLE_STEPS = 30
 OFFICIAL_GUIDANCE = 5.0
@@ -270,23 +269,11 @@ class RecipeConfig(StrictModel):
         return validate_config(cls, data, where)
 
 
-def resolve_recipe_path(ref: str) -> Path:
-    """A YAML path, or the name of a shipped recipe (``demo``, ``paper``)."""
-    path = Path(ref)
-    if path.exists():
-        return path
-    shipped = RECIPE_DIR / f"{ref}.yaml"
-    if shipped.exists():
-        return shipped
-    names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-    raise ConfigError(f"recipe {ref!r}: no such file, and not a shipped recipe ({', '.join(names)})")
-
-
 def load_recipe_dict(ref: str | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
     if isinstance(ref, dict):
         data = ref
     else:
-        path = resolve_recipe_path(ref)
+        path = resolve(ref, RECIPES)
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

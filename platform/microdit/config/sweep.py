@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
@@ -54,6 +53,7 @@ from pydantic import (
 from microdit.config.base import FieldError, StrictModel, need, validate_config
 from microdit.config.overrides import apply_overrides, config_changes, get_path
 from microdit.config.recipe import load_recipe_dict
+from microdit.config.shipped import SWEEPS, resolve
 from microdit.errors import ConfigError
 
 Distribution = Literal["uniform", "loguniform", "int", "choice", "grid"]
@@ -63,7 +63,6 @@ Mode = Literal["min", "max"]
 DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerType)
-SWEEP_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -378,15 +377,11 @@ class SweepSpec(StrictModel):
 
 
 def load_sweep(ref: str | dict[str, Any]) -> SweepSpec:
-    """Read and validate a sweep spec (a path, a name under search_spaces/, or a mapping)."""
+    """Read and validate a sweep spec (a path, a shipped name such as quickstart, or a mapping)."""
     if isinstance(ref, dict):
         data, where = ref, "<inline>"
     else:
-        path = Path(ref)
-        if not path.exists() and (SWEEP_DIR / f"{ref}.yaml").exists():
-            path = SWEEP_DIR / f"{ref}.yaml"
-        if not path.exists():
-            raise ConfigError(f"sweep spec {ref!r}: no such file (shipped specs live in {SWEEP_DIR})")
+        path = resolve(ref, SWEEPS)
         try:
             data, where = yaml.safe_load(path.read_text()), str(path)
         except yaml.YAMLError as err:
