@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from microdit.errors import ConfigError
-from microdit.evaluate.reference import reference_stats
+from microdit.evaluate.reference import decoded_reference_stats, reference_stats
 
 
 def write_pngs(images: np.ndarray, folder) -> list[str]:
@@ -55,6 +55,34 @@ def test_folder_reference_is_cached_by_content(tmp_path, emoji_set, inception_ex
     assert not from_array.from_cache and from_array.stats.count == 8
     np.testing.assert_allclose(from_array.stats.mean, at_32.stats.mean, rtol=1e-5, atol=1e-6)
     assert len(list(cache.glob("*.npz"))) == 3
+
+
+def test_decoded_reference_streams_batches_and_decodes_nothing_on_a_hit(tmp_path, emoji_set, inception_extractor):
+    """A prepared set's reference: decoded batch by batch (never more than batch_size images at
+    once), the same statistics as the decoded array, and a cache hit calls neither decoder nor
+    network. The key is the latents and the decoder: another VAE is another entry."""
+    images = emoji_set[0][:10]  # (10, 64, 64, 3) uint8
+    latents = images.transpose(0, 3, 1, 2).astype(np.float16)  # stand-in latents (N, C, h, w)
+    calls: list[int] = []
+
+    def decode(chunk: np.ndarray) -> np.ndarray:
+        calls.append(len(chunk))
+        return chunk.astype(np.uint8).transpose(0, 2, 3, 1)
+
+    cache = tmp_path / "fid_cache"
+    first = decoded_reference_stats(latents, decode, "vae-a", cache, batch_size=4, extractor=inception_extractor)
+    assert calls == [4, 4, 2] and not first.from_cache and first.stats.count == 10
+    whole = reference_stats(images, tmp_path / "other", extractor=inception_extractor)
+    np.testing.assert_allclose(first.stats.sum, whole.stats.sum, rtol=1e-9)
+    np.testing.assert_allclose(first.stats.outer_sum, whole.stats.outer_sum, rtol=1e-9)
+
+    before = inception_extractor.num_images
+    again = decoded_reference_stats(latents, decode, "vae-a", cache, batch_size=4, extractor=inception_extractor)
+    assert again.from_cache and again.key == first.key and calls == [4, 4, 2]
+    assert inception_extractor.num_images == before
+    other_vae = decoded_reference_stats(latents, decode, "vae-b", cache, batch_size=8, extractor=inception_extractor)
+    assert not other_vae.from_cache and other_vae.key != first.key and calls[3:] == [8, 2]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".json", ".npz", ".npz"]  # no temp files left
 
 
 def test_caption_index_gives_first_caption_per_image(tmp_path, emoji_set, inception_extractor):

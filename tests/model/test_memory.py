@@ -42,8 +42,11 @@ def _model(name: str) -> MicroDiT:
     return MicroDiT(model_config(name))
 
 
-def _saved(name: str, batch: int, ratio: float, bf16: bool = False) -> int:
+def _saved(name: str, batch: int, ratio: float, bf16: bool = False, low_precision_norms: bool = False,
+           checkpointing: bool = False) -> int:
     model = _model(name)
+    model.set_low_precision_norms(low_precision_norms)
+    model.activation_checkpointing = checkpointing
     cfg = model.config
     gen = torch.Generator().manual_seed(batch)
     x0 = torch.randn(batch, cfg.latent_channels, LATENT, LATENT, generator=gen)
@@ -57,10 +60,10 @@ def _saved(name: str, batch: int, ratio: float, bf16: bool = False) -> int:
     return counted["bytes"]
 
 
-def _marginal(name: str, ratio: float, bf16: bool = False) -> float:
+def _marginal(name: str, ratio: float, bf16: bool = False, **switches) -> float:
     """Bytes saved per extra image (micro-batches 2 and 4: per-step terms such as the bf16 weight
     copies cancel, and no N = 1 special case of a reshape)."""
-    return (_saved(name, 4, ratio, bf16) - _saved(name, 2, ratio, bf16)) / 2
+    return (_saved(name, 4, ratio, bf16, **switches) - _saved(name, 2, ratio, bf16, **switches)) / 2
 
 
 def _predicted(name: str, ratio: float, **kwargs) -> int:
@@ -93,6 +96,8 @@ def _cuda_autocast_policy():
     layer_norm, sdpa = F.layer_norm, F.scaled_dot_product_attention
 
     def fp32_layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
+        if not torch.is_autocast_enabled("cpu"):  # autocast off (a low-precision norm): as given
+            return layer_norm(x, shape, weight, bias, eps)
         with torch.autocast("cpu", enabled=False):
             as32 = [None if t is None else t.float() for t in (weight, bias)]
             return layer_norm(x.float(), shape, *as32, eps)
@@ -116,6 +121,63 @@ def test_bf16_autocast_activations(policy):
     predicted = _predicted("MicroDiT_Nano_2", 0.75, precision="bf16", device=policy)
     assert abs(predicted - measured) <= TOLERANCE * measured
     assert predicted < _predicted("MicroDiT_Nano_2", 0.75, precision="fp32", device="cpu")
+
+
+@pytest.mark.parametrize("policy", ["cpu", "cuda"])
+def test_low_precision_norms_save_bf16_copies(policy):
+    """Every LayerNorm in bf16 (the official recipe): on the CUDA policy it drops the fp32 copies
+    of normed activations; the model replays that within 10%."""
+    context = _cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
+    with context:
+        measured = _marginal("MicroDiT_Nano_2", 0.75, bf16=True, low_precision_norms=True)
+        fp32_norms = _marginal("MicroDiT_Nano_2", 0.75, bf16=True)
+    predicted = _predicted("MicroDiT_Nano_2", 0.75, precision="bf16", device=policy, low_precision_norms=True)
+    assert abs(predicted - measured) <= TOLERANCE * measured
+    if policy == "cuda":
+        assert measured < 0.85 * fp32_norms
+        assert predicted < 0.85 * _predicted("MicroDiT_Nano_2", 0.75, precision="bf16", device="cuda")
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.75])
+@pytest.mark.parametrize("name", ["MicroDiT_Nano_2", "MicroDiT_Micro_2"])
+def test_activation_checkpointing_keeps_block_inputs(name, ratio):
+    """Checkpointed blocks keep only their inputs: the forward saves a fraction of the eager
+    bytes, the model predicts it within 10%, and a block's recompute moves into the transient."""
+    measured = _marginal(name, ratio, checkpointing=True)
+    predicted = activation_profile(model_config(name), LATENT, ratio, caption_len=CAPTION, precision="fp32",
+                                   device="cpu", activation_checkpointing=True)
+    eager = activation_profile(model_config(name), LATENT, ratio, caption_len=CAPTION, precision="fp32",
+                               device="cpu")
+    print(f"{name} r={ratio}: checkpointed {measured:,.0f} B/image, predicted {predicted.saved:,}, eager {eager.saved:,}")
+    assert abs(predicted.saved - measured) <= TOLERANCE * measured
+    assert predicted.saved < 0.5 * eager.saved
+    assert predicted.saved < predicted.backward_peak < eager.backward_peak
+
+
+def test_switches_leave_the_function_unchanged():
+    """Checkpointing and low-precision norms change memory, not the loss or the gradients (fp32)."""
+    model = _model("MicroDiT_Nano_2")
+    cfg = model.config
+
+    def loss_and_grads(**switches):
+        model.zero_grad(set_to_none=True)
+        model.set_low_precision_norms(switches.get("low", False))
+        model.activation_checkpointing = switches.get("ckpt", False)
+        gen = torch.Generator().manual_seed(5)
+        x0 = torch.randn(2, cfg.latent_channels, LATENT, LATENT, generator=gen)
+        y = torch.randn(2, CAPTION, cfg.caption_dim, generator=gen)
+        loss = edm_loss(EDMDenoiser(model), x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=0.5, generator=gen).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.set_low_precision_norms(False)
+        model.activation_checkpointing = False
+        return loss.detach(), grads
+
+    loss, grads = loss_and_grads()
+    for switches in ({"ckpt": True}, {"low": True}):  # low-precision norms are a no-op outside autocast
+        other_loss, other_grads = loss_and_grads(**switches)
+        assert torch.equal(other_loss, loss)
+        torch.testing.assert_close(other_grads, grads, rtol=0, atol=1e-6)
 
 
 def test_ddp_and_fsdp_accounting():
@@ -188,5 +250,7 @@ def test_paper_micro_batches_come_from_the_memory_model():
     for phase in paper.phases:
         largest = max_micro_batch(config, phase.resolution // paper.vae_factor, phase.mask_ratio,
                                   strategy=paper.resources.strategy, world_size=paper.resources.num_workers,
-                                  ema=phase.ema_half_life_images is not None)
+                                  ema=phase.ema_half_life_images is not None,
+                                  low_precision_norms=paper.resources.low_precision_norms,
+                                  activation_checkpointing=paper.resources.activation_checkpointing)
         assert phase.micro_batch <= largest < 2 * phase.micro_batch, (phase.name, phase.micro_batch, largest)

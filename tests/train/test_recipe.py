@@ -33,9 +33,12 @@ def test_shipped_recipes_load():
                                  "ema_half_life_images, ema_start_images, grad_clip, images, lr, lr_floor, lr_schedule, "
                                  "mask_ratio, masking, micro_batch, name, optimizer_state, p_mean, p_std, resolution, "
                                  "steps, warmup_steps"),
-        ({"resources.gpus": 1}, "resources.gpus: unknown key; allowed: accelerator, compile, cpus_per_worker, "
-                                "gpus_per_worker, num_workers, precision, price_per_hour, request_accelerator_type, strategy, "
+        ({"resources.gpus": 1}, "resources.gpus: unknown key; allowed: accelerator, activation_checkpointing, "
+                                "attention_kernel, compile, cpus_per_worker, gpus_per_worker, low_precision_norms, "
+                                "num_workers, precision, price_per_hour, request_accelerator_type, strategy, "
                                 "torch_threads, use_gpu"),
+        ({"resources.attention_kernel": "fast"}, "resources.attention_kernel='fast': Input should be 'auto', "
+                                                 "'flash', 'efficient', 'cudnn' or 'math'"),
         ({"phases[0].images": 1000}, "phases[0].steps/images/dollars=['steps', 'images']: give exactly one phase length"),
         ({"phases[1].steps": None}, "phases[1].steps/images/dollars=[]: give exactly one phase length"),
         ({"phases[0].steps": 0}, "phases[0].steps=0: Input should be greater than 0"),

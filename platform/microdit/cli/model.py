@@ -84,6 +84,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="SDPA backend: flash/efficient (O(T) saved, default) or math (saves the T x T matrix)",
     )
     memory.add_argument("--ema", action="store_true", help="count an fp32 EMA copy of the weights")
+    memory.add_argument(
+        "--low-precision-norms",
+        action="store_true",
+        help="LayerNorms in bf16 under autocast (resources.low_precision_norms; the official recipe)",
+    )
+    memory.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each block in backward (resources.activation_checkpointing)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -186,6 +196,8 @@ def describe_memory(
         world_size=args.world_size,
         attention=args.attention,
         ema=args.ema,
+        low_precision_norms=args.low_precision_norms,
+        activation_checkpointing=args.activation_checkpointing,
     )
     largest = max_micro_batch(config, latent, ratio, **options)
     batch = args.micro_batch or max(largest, 1)
@@ -202,7 +214,9 @@ def describe_memory(
         f"peak GPU memory per GPU: {name} at {latent * VAE_FACTOR} px ({latent}x{latent} latent), mask ratio "
         f"{ratio:g} ({kept} of {tokens} tokens reach the backbone), caption {args.caption_len} tokens",
         f"  micro-batch {batch}{chosen}, {args.precision}{' autocast' if args.precision == 'bf16' else ''}, "
-        f"{args.attention} attention, {parallel}",
+        f"{args.attention} attention, {parallel}"
+        + (", bf16 LayerNorms" if args.low_precision_norms and args.precision == "bf16" else "")
+        + (", activation checkpointing" if args.activation_checkpointing else ""),
     ]
     notes = {
         "weights": f"fp32 parameters {est.parameters / GIB:.2f}"

@@ -127,6 +127,9 @@ class ResourcesConfig(StrictModel):
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards grads and optimizer state (SHARD_GRAD_OP)
     compile: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    low_precision_norms: bool = False  # LayerNorms in the autocast dtype (official low_precision_layernorm)
+    activation_checkpointing: bool = False  # recompute each mixer/backbone block in backward
+    attention_kernel: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"  # pin SDPA's backend
     torch_threads: PositiveInt = 1  # intra-op threads per CPU worker
 
     @model_validator(mode="after")

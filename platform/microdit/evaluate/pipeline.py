@@ -10,6 +10,7 @@ the resampling std and 95 % interval of ``microdit.evaluate.uncertainty.fid_unce
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,25 +57,28 @@ def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu")
     """The reference set's rows (latents, captions, text states), its decoder and its FID statistics.
 
     The statistics are cached beside the set, keyed by content: a sweep calls this once in the
-    driver before its first trial, so no trial pays for the reference Inception pass. Latents are
-    decoded in batches of ``cfg.batch_size`` (a VAE decode of a whole real set in one call would
-    not fit in memory)."""
+    driver before its first trial, so no trial pays for the reference Inception pass. The key is
+    the latents and the VAE: a hit decodes nothing, a miss decodes ``cfg.batch_size`` latents at a
+    time straight into the feature moments (never the whole decoded set in memory)."""
     from microdit import storage
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
     from microdit.evaluate.generate import LatentDecoder
-    from microdit.evaluate.reference import reference_stats
+    from microdit.evaluate.reference import decoded_reference_stats
 
     directory = resolve_set_path(cfg.reference)
     manifest = load_manifest(directory)
     resolution = cfg.resolution or manifest.resolutions[0]
     rows = read_set(directory, ["latents", "text_emb", "caption"], resolution=resolution)
     decoder = LatentDecoder(manifest.vae, device)  # decodes the reference and, later, the generated latents
-    latents = rows["latents"]
-    reference_images = np.concatenate([decoder(torch.from_numpy(latents[i:i + cfg.batch_size]
-                                                           .astype(np.float32)))
-                                       for i in range(0, max(len(latents), 1), cfg.batch_size)])
-    reference = reference_stats(reference_images, storage.join(directory, "fid_cache"), num_actors=cfg.num_actors)
+    reference = decoded_reference_stats(
+        rows["latents"],
+        lambda chunk: decoder(torch.from_numpy(chunk.astype(np.float32))),  # (B, C, h, w) -> uint8 (B, H, W, 3)
+        json.dumps(manifest.vae, sort_keys=True),
+        storage.join(directory, "fid_cache"),
+        batch_size=cfg.batch_size,
+        num_actors=cfg.num_actors,
+    )
     return rows, decoder, reference
 
 

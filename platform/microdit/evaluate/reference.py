@@ -6,13 +6,16 @@ cost as much as generating the same number of images' features, so they are cach
 the images are brought to, and the Inception network's sha256. Renaming or moving the set
 keeps the cache; changing one pixel, the resolution or the network does not.
 
-Three sources:
+Four sources:
 - an image folder (``*.png``, ``*.jpg``, ... sorted by relative path, recursive);
 - a captions+images index: a ``.jsonl`` file with one ``{"image": PATH, "caption": TEXT}`` per
   line, paths relative to the index's folder (COCO 2014 val 30K is usually shipped this way,
   with several captions per image); each image is used once, with its first caption, and the
   captions come back so generation prompts match the reference images one to one;
-- an in-memory uint8 array (N, H, W, 3), e.g. a prepared set's held-out images.
+- an in-memory uint8 array (N, H, W, 3);
+- a prepared set's latents with their decoder (``decoded_reference_stats``): keyed by the latent
+  bytes and the VAE, decoded batch by batch only on a cache miss, so no decoded image set is
+  ever held in memory (30K COCO images at 512 px would be 23 GB).
 
 ``resolution`` brings every image to the generation resolution first (centre crop to a
 square, then PIL bicubic resize), so the reference is seen at the same detail as the samples;
@@ -25,7 +28,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +185,64 @@ def reference_stats(
         raise ConfigError(f"reference: FID needs at least 2 images, '{source}' gives {count}")
 
     key = _content_key(files, root, array, resolution)
+    if array is not None:
+        batches = _array_batches(array, resolution, batch_size)
+    else:
+        batches = _file_batches(files, resolution, batch_size)
+    label = str(source) if array is None else f"array{tuple(array.shape)}"
+    return _cached_stats(cache_dir, key, count, resolution, label, captions,
+                         lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
+                                                num_gpus_per_actor, inception_path))
+
+
+def decoded_reference_stats(
+    latents: np.ndarray,
+    decode: Callable[[np.ndarray], np.ndarray],
+    decoder_id: str,
+    cache_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    extractor: InceptionFeatureExtractor | None = None,
+    num_actors: int = 0,
+    num_gpus_per_actor: float = 0,
+    inception_path: str | Path | None = None,
+) -> ReferenceSet:
+    """Statistics of the images ``decode`` makes from ``latents`` (N, C, h, w), cached by content.
+
+    The key covers the latent bytes and ``decoder_id`` (e.g. the VAE's manifest entry), so a
+    cache hit decodes nothing; a miss decodes ``batch_size`` latents at a time straight into the
+    feature moments (memory bounded by one batch, whatever N is)."""
+    count = len(latents)
+    if count < 2:
+        raise ConfigError(f"reference: FID needs at least 2 images, the latents give {count}")
+    digest = hashlib.sha256(CACHE_VERSION)
+    digest.update(f"|inception={INCEPTION_SHA256}|decoded|{decoder_id}|{latents.shape}{latents.dtype}|".encode())
+    digest.update(np.ascontiguousarray(latents).tobytes())
+    batches = (decode(latents[i : i + batch_size]) for i in range(0, count, batch_size))  # lazy: misses only
+    return _cached_stats(cache_dir, digest.hexdigest(), count, None, f"latents{tuple(latents.shape)}", None,
+                         lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
+                                                num_gpus_per_actor, inception_path))
+
+
+def _feature_stats(batches, count: int, batch_size: int, extractor, num_actors: int, num_gpus_per_actor: float,
+                   inception_path) -> FeatureStats:
+    if num_actors > 0:
+        return distributed_feature_stats(
+            batches,
+            num_actors=num_actors,
+            num_gpus_per_actor=num_gpus_per_actor,
+            inception_path=inception_path,
+            batch_size=batch_size,
+            total=count,
+            desc="reference",
+        )
+    extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
+    return local_feature_stats(batches, extractor, total=count, desc="reference")
+
+
+def _cached_stats(cache_dir: str | Path, key: str, count: int, resolution: int | None, label: str,
+                  captions: list[str] | None, compute: Callable[[], FeatureStats]) -> ReferenceSet:
+    """The cached statistics under ``key``, or ``compute()`` saved there (atomic writes)."""
     cache_path = storage.join(storage.resolve(cache_dir), f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz")
     if storage.is_file(cache_path):
         stats = FeatureStats.load(cache_path)
@@ -191,35 +252,13 @@ def reference_stats(
         log.warning(
             "reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count
         )
-
-    if array is not None:
-        batches = _array_batches(array, resolution, batch_size)
-    else:
-        batches = _file_batches(files, resolution, batch_size)
-    if num_actors > 0:
-        stats = distributed_feature_stats(
-            batches,
-            num_actors=num_actors,
-            num_gpus_per_actor=num_gpus_per_actor,
-            inception_path=inception_path,
-            batch_size=batch_size,
-            total=count,
-            desc="reference",
-        )
-    else:
-        extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
-        stats = local_feature_stats(batches, extractor, total=count, desc="reference")
+    stats = compute()
     stats.save(cache_path)
     storage.write_text(
         cache_path[: -len(".npz")] + ".json",
         json.dumps(
-            {
-                "source": str(source) if array is None else f"array{tuple(array.shape)}",
-                "count": count,
-                "resolution": resolution,
-                "key": key,
-                "inception_sha256": INCEPTION_SHA256,
-            },
+            {"source": label, "count": count, "resolution": resolution, "key": key,
+             "inception_sha256": INCEPTION_SHA256},
             indent=2,
         )
     )

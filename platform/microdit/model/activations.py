@@ -7,7 +7,10 @@ operands of a mul, the input of a linear, ...), views share their base's storage
 storage is counted once: the quantity ``count_saved_bytes`` measures with
 ``torch.autograd.graph.saved_tensors_hooks``. Dtypes follow the autocast policy of the device and
 attention backend described in ``microdit.model.memory``; that module adds parameters, gradients,
-optimizer state, sharding and workspace on top.
+optimizer state, sharding and workspace on top. Two execution switches are replayed too:
+``low_precision_norms`` (every LayerNorm in bf16 under autocast) and ``activation_checkpointing``
+(a checkpointed block keeps only its inputs; its backward recomputes everything it would have
+saved, which then counts as that block's backward transient).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class _Sim:
     autocast: bool
     device: Device
     attention: Attention
+    low_precision_norms: bool = False
+    checkpoint_blocks: bool = False
     saved: dict[int, tuple[_T, str]] = field(default_factory=dict)
     section: str = "embed"
     cumulative: list[tuple[str, int, int]] = field(default_factory=list)  # (name, saved so far, transient)
@@ -71,6 +76,8 @@ class _Sim:
         return "bf16" if self.autocast and self.device == "cuda" else dtype
 
     def norm_dtype(self, dtype: str) -> str:  # layer_norm: fp32 on CUDA autocast, as is on CPU
+        if self.autocast and self.low_precision_norms:
+            return "bf16"  # microdit.model.norms.layer_norm casts input and weight down
         return "fp32" if self.autocast and self.device == "cuda" else dtype
 
     # bookkeeping -------------------------------------------------------------------------
@@ -101,8 +108,10 @@ class _Sim:
 
     def layer_norm(self, x: _T, rows: int, affine: bool) -> _T:
         xin = self.cast(x, self.norm_dtype(x.dtype))
-        # mean / rstd: fp32, except a weight-less bf16 layer_norm on CPU keeps them bf16 (measured)
-        stats = "fp32" if (xin.dtype == "fp32" or affine) else xin.dtype
+        # mean / rstd: fp32 (CUDA accumulates in fp32), except on CPU a bf16 layer_norm without an
+        # fp32 weight keeps them bf16 (measured)
+        fp32_weight = affine and not (self.autocast and self.low_precision_norms)
+        stats = "fp32" if (xin.dtype == "fp32" or fp32_weight or self.device == "cuda") else xin.dtype
         self.save(xin, self.new(rows, stats), self.new(rows, stats))
         return self.new(x.numel, xin.dtype)
 
@@ -175,6 +184,17 @@ class _Sim:
         self.mul(out, self.cast(gates, out.dtype))  # scale by routing probability
         return self.cast(self.new(tokens * width, mm), x.dtype)  # scatter_add_, then .to(x.dtype)
 
+    def run_block(self, cfg: ModelConfig, x: _T, c: _T, ctx: _T, *shape) -> tuple[_T, int]:
+        """A block as the model runs it: checkpointed blocks save only their inputs (x, c, ctx)."""
+        if not self.checkpoint_blocks:
+            return self.block(cfg, x, c, ctx, *shape)
+        before, start = dict(self.saved), self.saved_bytes
+        out, transient = self.block(cfg, x, c, ctx, *shape)
+        recomputed = self.saved_bytes - start  # rebuilt in backward, alive during its backward
+        self.saved = before
+        self.save(x, c, ctx)
+        return self.new(out.numel, out.dtype), recomputed + transient
+
     def block(
         self,
         cfg: ModelConfig,
@@ -244,6 +264,8 @@ def activation_profile(
     device: Device = "cuda",
     attention: Attention = "flash",
     masking: str | None = None,
+    low_precision_norms: bool = False,
+    activation_checkpointing: bool = False,
 ) -> ActivationProfile:
     """Bytes autograd saves per image for one training forward (network + EDM loss).
 
@@ -259,6 +281,8 @@ def activation_profile(
         device,
         attention,
         masking or config.masking,
+        bool(low_precision_norms),
+        bool(activation_checkpointing),
     )
 
 
@@ -272,12 +296,15 @@ def _activation_profile(
     device: str,
     attention: str,
     masking: str,
+    low_precision_norms: bool,
+    checkpoint_blocks: bool,
 ) -> ActivationProfile:
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision={precision!r}: expected 'bf16' or 'fp32'")
     if attention not in ("flash", "math"):
         raise ValueError(f"attention={attention!r}: expected 'flash' or 'math'")
-    sim = _Sim(autocast=precision == "bf16", device=device, attention=attention)  # type: ignore[arg-type]
+    sim = _Sim(autocast=precision == "bf16", device=device, attention=attention,  # type: ignore[arg-type]
+               low_precision_norms=low_precision_norms, checkpoint_blocks=checkpoint_blocks)
     d, p, ch = cfg.width, cfg.patch_size, cfg.latent_channels
     tokens = cfg.num_tokens(latent)
     masked = masking != "none" and ratio > 0
@@ -315,7 +342,7 @@ def _activation_profile(
             mix_ctx = sim.linear(sim.layer_norm(ctx, length, True), length, dm)
         for i in range(cfg.mixer_depth):
             kind, ratio_i = cfg.ffn_kind(cfg.mixer_moe_position(i), cfg.mixer_ffn_ratio)
-            mixed, tr = sim.block(
+            mixed, tr = sim.run_block(
                 cfg, mixed, c, mix_ctx, mix_tokens, length, dm, cfg.mixer_qkv_ratio, kind, ratio_i
             )
             sim.mark(f"mixer.{i}", tr)
@@ -328,7 +355,7 @@ def _activation_profile(
     sim.section = "backbone"
     for i in range(cfg.depth):
         kind, ratio_i = cfg.ffn_kind(cfg.backbone_moe_position(i), cfg.ffn_ratio(i))
-        x, tr = sim.block(cfg, x, c, ctx, kept, length, d, cfg.qkv_ratio(i), kind, ratio_i)
+        x, tr = sim.run_block(cfg, x, c, ctx, kept, length, d, cfg.qkv_ratio(i), kind, ratio_i)
         sim.mark(f"blocks.{i}", tr)
 
     # -- final layer, refill, EDM preconditioning and loss (fp32)

@@ -35,8 +35,12 @@ Everything is derived from the architecture (``ModelConfig``), nothing is measur
   (both rough, stated as constants below). The optimizer step is a second candidate peak
   (activations freed, foreach AdamW temporaries ≈ one fp32 copy of the local parameters).
 
+``low_precision_norms`` (bf16 LayerNorms, the official recipe) and ``activation_checkpointing``
+(per block: only block inputs stay, one block's activations are rebuilt at a time in backward)
+are replayed as the model runs them.
+
 Not modelled: ``torch.compile`` (inductor recomputes cheap elementwise ops and usually saves
-less than eager: this model is then an upper bound), activation checkpointing, CPU offload.
+less than eager: this model is then an upper bound), CPU offload.
 
 Usage::
 
@@ -189,6 +193,8 @@ def estimate_memory(
     device: Device = "cuda",
     ema: bool = False,
     masking: str | None = None,
+    low_precision_norms: bool = False,
+    activation_checkpointing: bool = False,
 ) -> MemoryEstimate:
     """Predicted peak memory per GPU for a training step at ``micro_batch`` images per forward.
 
@@ -212,6 +218,8 @@ def estimate_memory(
         device=device,
         attention=attention,
         masking=masking,
+        low_precision_norms=low_precision_norms,
+        activation_checkpointing=activation_checkpointing,
     )
     p4 = 4 * stats.total
     sharded = strategy == "fsdp" and world_size > 1

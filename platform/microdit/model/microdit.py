@@ -6,6 +6,10 @@ ALL patches -> drop a fraction r of patches (deferred masking; naive masking dro
 mixer) -> backbone blocks on kept patches only -> final layer -> zero refill -> unpatchify.
 The model knows nothing of noise levels beyond c_noise: EDM preconditioning lives in
 ``microdit.diffusion``.
+
+Two execution switches change memory, not the function: ``activation_checkpointing`` recomputes
+each mixer/backbone block in backward (``torch.utils.checkpoint``, non-reentrant), and
+``set_low_precision_norms`` runs every LayerNorm in the autocast dtype (the official recipe).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from microdit.config.model import ModelConfig
+from microdit.model.attention import CrossAttention, SelfAttention
 from microdit.model.blocks import DiTBlock, FinalLayer
 from microdit.model.embeddings import (
     CaptionBlock,
@@ -70,7 +76,21 @@ class MicroDiT(nn.Module):
         )
         self.final_layer = FinalLayer(d, d, p * p * cfg.latent_channels, cfg.norm_eps)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.activation_checkpointing = False  # recompute blocks in backward (training only)
         initialise_microdit(self)
+
+    def set_low_precision_norms(self, enabled: bool = True) -> MicroDiT:
+        """Every LayerNorm and QK-norm in the autocast dtype (fp32 outside autocast, as before)."""
+        for module in self.modules():
+            if isinstance(module, (WeightOnlyLayerNorm, SelfAttention, CrossAttention)):
+                module.low_precision = enabled
+        return self
+
+    def _run_block(self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """One block; under ``activation_checkpointing`` only its inputs are kept for backward."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, c, context, use_reentrant=False)
+        return block(x, c, context)
 
     def _block(self, width: int, qkv_ratio: float, ffn: str, ffn_ratio: float) -> DiTBlock:
         cfg = self.config
@@ -150,12 +170,12 @@ class MicroDiT(nn.Module):
             if hasattr(self, "patch_mixer_map_xin"):
                 mixed, mixer_context = self.patch_mixer_map_xin(tokens), self.patch_mixer_map_y(context)
             for block in self.patch_mixer:
-                mixed = block(mixed, c, mixer_context)  # (N, T, Dm): the mixer sees all patches
+                mixed = self._run_block(block, mixed, c, mixer_context)  # (N, T, Dm): the mixer sees all patches
             if keep_idx is not None and strategy == "deferred":
                 mixed = gather_tokens(mixed, keep_idx)  # (N, K, Dm): deferred masking
             tokens = self.patch_mixer_map_xout(mixed) if hasattr(self, "patch_mixer_map_xout") else mixed
         for block in self.blocks:
-            tokens = block(tokens, c, context)  # (N, K, D)
+            tokens = self._run_block(block, tokens, c, context)  # (N, K, D)
         out = self.final_layer(tokens, c)  # (N, K, p*p*C)
 
         mask = None

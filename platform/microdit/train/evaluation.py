@@ -82,6 +82,7 @@ def sample_grid(recipe: RecipeConfig, model: torch.nn.Module, path: Path) -> Pat
     count = min(GRID_SAMPLES, len(rows["caption"]))
     text = torch.from_numpy(rows["text_emb"][:count].astype(np.float32))
     latent = resolution // recipe.vae_factor
-    images = generate(model, text, LatentDecoder(manifest.vae), latent, steps=recipe.tracking.sample_steps,
+    device = next(model.parameters()).device  # decode where the model runs (a GPU in production)
+    images = generate(model, text, LatentDecoder(manifest.vae, device), latent, steps=recipe.tracking.sample_steps,
                       guidance=recipe.tracking.sample_guidance, seed=recipe.seed)
     return save_grid(images, path, captions=rows["caption"][:count])

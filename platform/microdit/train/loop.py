@@ -32,6 +32,7 @@ from microdit.config.model import ModelConfig
 from microdit.config.recipe import PhaseConfig, RecipeConfig
 from microdit.diffusion import EDMDenoiser, caption_dropout, edm_loss
 from microdit.model import MicroDiT
+from microdit.model.attention import attention_kernel
 from microdit.model.flops import train_flops_per_image
 from microdit.tracking import AsyncLogger
 from microdit.train.cost import CostMeter
@@ -87,8 +88,10 @@ class WorkerRun:
 
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.model = MicroDiT(self.model_config).to(self.device)
-        self.ema = EMA(self.model) if any(p.ema_half_life_images for p in recipe.phases) else None
         res = recipe.resources
+        self.model.set_low_precision_norms(res.low_precision_norms)
+        self.model.activation_checkpointing = res.activation_checkpointing
+        self.ema = EMA(self.model) if any(p.ema_half_life_images for p in recipe.phases) else None
         self.cost = CostMeter(res.hourly_price, res.billed_devices, res.peak_flops)
         self.progress = Progress()
         self.train_model, self.optimizer = prepare_model_and_optimizer(self.model, recipe, self.device, self.world)
@@ -224,7 +227,8 @@ class WorkerRun:
             last = m == accumulation - 1
             sync = self.train_model.no_sync() if not last and hasattr(self.train_model, "no_sync") \
                 else contextlib.nullcontext()
-            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            with sync, attention_kernel(self.recipe.resources.attention_kernel), \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 out = edm_loss(self.denoiser, x0, y, p_mean=phase.p_mean, p_std=phase.p_std,
                                mask_ratio=phase.mask_ratio, masking=phase.masking, generator=generator)
                 loss = out.loss * float("nan") if debug.get("nan_at_step") == progress.global_step else out.loss
