@@ -49,8 +49,9 @@ class LatentDecoder:
                 location = vae.get("path") or vae["name"]
                 kwargs = {"subfolder": vae["subfolder"]} if vae.get("subfolder") else {}
                 model = AutoencoderKL.from_pretrained(location, **kwargs)
-            dtype = torch.bfloat16 if half_precision(self.device, precision) else torch.float32
-            self.model = model.to(self.device, dtype).eval()
+            self.model = model.to(self.device).eval()
+            if half_precision(self.device, precision):
+                self.model = self.model.to(torch.bfloat16)
             self.scaling = float(vae.get("scaling_factor") or self.model.config.scaling_factor)
             self.shift = float(vae.get("shift_factor") or 0.0)
 
