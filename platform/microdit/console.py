@@ -101,6 +101,102 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """A progress bar (tqdm) on a terminal; on anything else (a log file, CI) one line at most every
+    ``every_s`` seconds and a summary line at the end, so logs never fill up with redrawn bars.
+
+    ``update(done, **fields)`` sets the absolute position (``done`` of ``total`` ``unit``) and the
+    fields shown beside it (``phase=0, loss="0.41"``); the rate is ``unit``/s since ``initial``, or
+    with ``initial=None`` since the first update (a resumed run starts counting where it resumed).
+    Silent when ``enabled`` is false or under ``-q``."""
+
+    def __init__(self, label: str, total: float | None = None, unit: str = "it", *, enabled: bool = True,
+                 initial: float | None = 0, stream=None, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+        self.label, self.total, self.unit, self.every_s, self.clock = label, total, unit, every_s, clock
+        self.stream = stream or sys.stdout
+        self.enabled = enabled and VERBOSITY >= 0
+        self.fields: dict[str, Any] = {}
+        self.bar = None
+        self.initial = self.done = 0.0
+        self.started = self.last_line = clock()
+        if initial is not None:
+            self._start(initial)
+        self.waiting = initial is None
+
+    def _start(self, initial: float) -> None:
+        self.initial = self.done = initial
+        self.started = self.last_line = self.clock()
+        if self.enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=initial, desc=self.label, unit=self.unit, file=self.stream,
+                            dynamic_ncols=True)
+
+    def update(self, done: float, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        if self.waiting:
+            self.waiting = False
+            self._start(done)
+        self.fields = fields
+        if self.bar is not None:
+            self.bar.set_postfix_str(_fields(fields), refresh=False)
+            self.bar.update(done - self.done)
+            self.done = done
+            return
+        self.done = done
+        now = self.clock()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            self._say(self.line(now))
+
+    def line(self, now: float) -> str:
+        """``label: done/total unit (pct) · fields · rate unit/s · ETA``."""
+        elapsed = max(now - self.started, 1e-9)
+        rate = (self.done - self.initial) / elapsed
+        parts = [f"{self.label}: {_count(self.done)}" + (f"/{_count(self.total)} {self.unit} "
+                                                         f"({100 * self.done / self.total:.0f}%)"
+                                                         if self.total else f" {self.unit}")]
+        if self.fields:
+            parts.append(_fields(self.fields))
+        parts.append(f"{rate:.3g} {self.unit}/s")
+        if self.total and rate > 0 and self.done < self.total:
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        return " · ".join(parts)
+
+    def close(self) -> None:
+        """The bar's last state, or (off a terminal) one summary line."""
+        if not self.enabled or self.waiting:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            return
+        now = self.clock()
+        self._say(f"{self.line(now)} · {_duration(now - self.started)}")
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() or value >= 100 else f"{value:.3g}"
+
+
+def _fields(fields: dict[str, Any]) -> str:
+    return " · ".join(f"{key} {value}" if key != "$" else f"${value}" for key, value in fields.items())
+
+
 def make_trial_lines(total: int, params: Any, images: int | None, dollars: float | None):
     """A Tune callback (class built lazily: importing Tune is slow) reporting each trial in one line."""
     from ray.tune import Callback

@@ -239,11 +239,14 @@ def test_min_side_defaults_to_the_smallest_resolution_and_upsamples(ray_local, s
     assert np.abs(data["latents"][mid].astype(np.float32) - expected).max() < 2e-3
 
 
-def test_explicit_min_side_still_filters(ray_local, sized_folder, tmp_path):
+def test_explicit_min_side_still_filters(ray_local, sized_folder, tmp_path, capsys):
     config = _sized_config(sized_folder, tmp_path / "set", min_side=32)
     assert config.effective_min_side == 32
-    summary = prepare(config, progress=False)
+    summary = prepare(config, progress=True)
     assert summary.rows_written == 1 and summary.skipped == {"too_small": 2}
+    # off a terminal the progress view is one summary line (a bar would redraw per shard)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("prepare set: 3/3 img (100%) · shards 1/1 · skipped 2 · ") and "img/s" in line, line
     for r in (16, 32):
         data = read_set(tmp_path / "set", columns=["id", "latents"], resolution=r)
         assert data["id"] == ["s/big.png"] and data["latents"].shape == (1, 3, r, r)

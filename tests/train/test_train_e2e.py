@@ -93,6 +93,10 @@ def test_evaluate_cli_finds_the_final_weights_by_run_name(baseline, train_demo, 
     assert f"(MLflow run {run.info.run_id})" in printed
     assert run.data.metrics["fid_8"] > 0 and f"fid_8={run.data.metrics['fid_8']:.4g}" in printed
     assert run.data.tags["microdit.eval_protocol"].startswith("2 Heun steps")
+    # off a terminal each progress view is one summary line with its rate
+    progress = [line for line in printed.splitlines() if line.startswith(("generate:", "inception:"))]
+    assert [line.split(" · ")[0] for line in progress] == ["generate: 8/8 img (100%)", "inception: 8/8 img (100%)"]
+    assert all("img/s" in line for line in progress), progress
     assert main(["evaluate", "--checkpoint", "no-such-run", "--mlflow-uri", uri]) == 2
 
     # the same evaluation on a Ray Train worker: same samples, same FID; the device time is billed

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
                              "(default CPU, or H100 with --gpus-per-worker)")
     parser.add_argument("--mlflow-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or <root>/mlflow.db)")
     parser.add_argument("--experiment", default="microdit-eval", help="MLflow experiment of new evaluate runs")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress view (default, in this process: a bar on a terminal, a line every 30 s "
+                             "otherwise)")
     parser.set_defaults(func=run)
 
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         connect_ray()
     config = EvaluationConfig(reference=args.reference, num_samples=args.num_samples, steps=args.steps,
                               guidance=args.guidance, seed=args.seed, clip_model=args.clip_model,
-                              num_actors=args.num_actors)
+                              num_actors=args.num_actors, progress=not (args.no_progress or args.workers))
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "evaluation_samples.png"
         if args.workers:

@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images-per-s", type=float, default=None, help="measured throughput for the prediction")
     parser.add_argument("--allow-changed-recipe", action="store_true",
                         help="resume a run whose stored recipe differs from this one (refused by default)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress view (default: a bar on a terminal, a line every 30 s otherwise)")
     parser.set_defaults(func=run)
 
 
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from microdit.train.trainer import run_training
 
-    summary = run_training(recipe, allow_changed_recipe=args.allow_changed_recipe)
+    summary = run_training(recipe, allow_changed_recipe=args.allow_changed_recipe, progress=not args.no_progress)
     print(f"run {summary.run_name}: {summary.global_step} steps, {summary.images_seen:,} images, "
           f"${summary.cost_usd:.4f} ({summary.gpu_hours:.4f} device-hours), {summary.wall_seconds:.0f} s wall; "
           f"MLflow run {summary.mlflow_run_id}; weights {summary.weights}")

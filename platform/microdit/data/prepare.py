@@ -46,6 +46,7 @@ import pyarrow as pa
 from microdit import storage
 from microdit.cluster import connect_ray
 from microdit.config.data import PrepareConfig, SourceConfig
+from microdit.console import Progress
 from microdit.data.images import (
     NO_CAPTION,
     UNDECODABLE,
@@ -118,8 +119,9 @@ def recorded_fingerprint(recorded: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
-    """Build (or finish) the set described by ``config``; see the module docstring."""
+def prepare(config: PrepareConfig, progress: bool = False) -> PrepareSummary:
+    """Build (or finish) the set described by ``config``; see the module docstring. ``progress``: a bar
+    on a terminal, else a line every 30 s and one at the end (``console.Progress``)."""
     import ray
 
     started = time.perf_counter()
@@ -188,14 +190,15 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
         )
         ds.context.enable_progress_bars = False
         skipped: Counter[str] = Counter()
-        bar = _progress(len(pending), storage.name(out), progress)
+        images = sum(len(units[i]) for i in pending)
+        bar = Progress(f"prepare {storage.name(out)}", images, "img", enabled=progress)
         for row in ds.iter_rows():
             written[int(row["unit"])] = json.loads(row["meta"])
             summary.rows_written += row["rows"]
             summary.shards_written += 1
             skipped.update(json.loads(row["skipped"]))
-            bar.update(1)
-            bar.set_postfix(rows=summary.rows_written, skipped=sum(skipped.values()))
+            bar.update(summary.rows_written + sum(skipped.values()), shards=f"{summary.shards_written}/{len(pending)}",
+                       skipped=sum(skipped.values()))
         bar.close()
         summary.skipped = dict(skipped)
 
@@ -388,9 +391,3 @@ def _remove_stale_temps(out: str) -> None:
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
-
-
-def _progress(total: int, name: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"prepare {name}", unit="shard", disable=None if enabled else True)  # terminal only

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
+from microdit.console import Progress
 from microdit.errors import ConfigError
 from microdit.evaluate.fid import FeatureStats
 from microdit.evaluate.inception import InceptionFeatureExtractor
@@ -60,11 +60,13 @@ def distributed_feature_stats(
     max_in_flight_per_actor: int = 2,
     total: int | None = None,
     desc: str = "inception",
+    progress: bool = False,
 ) -> FeatureStats:
     """Merged Inception feature statistics of all images in ``batches``, extracted on Ray actors.
 
     ``batches`` yields image batches in any form ``to_inception_input`` accepts (uint8
-    (N, H, W, 3) usually); it is consumed lazily. ``total`` (images) sizes the progress bar.
+    (N, H, W, 3) usually); it is consumed lazily. ``total`` (images) sizes the progress view
+    (``progress``: a bar on a terminal, else a line every 30 s and one at the end).
     Needs a running Ray cluster (``ray.init`` done by the caller).
     """
     if num_actors < 1:
@@ -84,7 +86,7 @@ def distributed_feature_stats(
     done = 0
     start = time.perf_counter()
     try:
-        with tqdm(total=total, desc=desc, unit="img", disable=None) as bar:  # None: a terminal only
+        with Progress(desc, total, "img", enabled=progress) as bar:
 
             def collect(num_returns: int) -> None:
                 nonlocal done
@@ -93,7 +95,7 @@ def distributed_feature_stats(
                     idle.append(in_flight.pop(ref))
                     n = ray.get(ref)
                     done += n
-                    bar.update(n)
+                    bar.update(done)
 
             for batch in batches:
                 if len(batch) == 0:
@@ -109,7 +111,8 @@ def distributed_feature_stats(
         for actor in actors:
             ray.kill(actor)
     elapsed = time.perf_counter() - start
-    log.info(
+    log.log(
+        logging.DEBUG if progress else logging.INFO,  # the progress view printed its own summary line
         "%s: %d images in %.1f s = %.2f images/s on %d actor(s)",
         desc,
         done,
@@ -126,18 +129,20 @@ def local_feature_stats(
     *,
     total: int | None = None,
     desc: str = "inception",
+    progress: bool = False,
 ) -> FeatureStats:
     """The same as ``distributed_feature_stats`` in this process, for tests and small sets."""
     stats = FeatureStats.empty()
     start = time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="img", disable=None) as bar:  # None: a terminal only
+    with Progress(desc, total, "img", enabled=progress) as bar:
         for batch in batches:
             if len(batch) == 0:
                 continue
             stats.update(extractor(batch))  # (N, 2048)
-            bar.update(len(batch))
+            bar.update(stats.count)
     elapsed = time.perf_counter() - start
-    log.info(
+    log.log(
+        logging.DEBUG if progress else logging.INFO,  # the progress view printed its own summary line
         "%s: %d images in %.1f s = %.2f images/s in-process",
         desc,
         stats.count,

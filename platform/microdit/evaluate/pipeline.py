@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microdit.console import Progress
 from microdit.errors import ConfigError
 from microdit.evaluate.fid import fid_from_stats, fid_metric_name
 from microdit.evaluate.uncertainty import fid_uncertainty
@@ -38,6 +39,7 @@ class EvaluationConfig:
     batch_size: int = 64
     num_actors: int = 0  # Inception actors on Ray (0 = in-process)
     bootstrap: int = 200  # FID resamples for <fid>_std / _ci_low / _ci_high (0 = none; in-process only)
+    progress: bool = False  # progress views on rank 0 (the CLI); off in Train workers and sweeps
     extras: dict = field(default_factory=dict)
 
 
@@ -78,6 +80,7 @@ def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu")
         storage.join(directory, "fid_cache"),
         batch_size=cfg.batch_size,
         num_actors=cfg.num_actors,
+        progress=cfg.progress,
     )
     return rows, decoder, reference
 
@@ -122,26 +125,26 @@ def evaluate_model(
     text_emb = torch.from_numpy(rows["text_emb"][index].astype(np.float32))
     captions = [rows["caption"][i] for i in index]
     latent_size = rows["latents"].shape[-1]
+    shown = cfg.progress and rank == 0
     gen_start = time.perf_counter()
-    images = generate(
-        model,
-        text_emb,
-        decoder,
-        latent_size,
-        steps=cfg.steps,
-        guidance=cfg.guidance,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        first_index=mine.start,
-    )
+    # Batch by batch only to show progress: every sample has its own noise, so the images are the same.
+    chunk = cfg.batch_size if shown else max(len(index), 1)
+    parts = []
+    with Progress("generate", len(index), "img", enabled=shown) as bar:
+        for start in range(0, max(len(index), 1), chunk):
+            parts.append(generate(model, text_emb[start : start + chunk], decoder, latent_size, steps=cfg.steps,
+                                  guidance=cfg.guidance, seed=cfg.seed, batch_size=cfg.batch_size,
+                                  first_index=mine.start + start))
+            bar.update(start + len(parts[-1]))
+    images = np.concatenate(parts)
     gen_seconds = time.perf_counter() - gen_start
     batches = (images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))
     kept: list[np.ndarray] = []  # in-process feature rows, for the resampled FID
     if cfg.num_actors:
-        stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images))
+        stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images), progress=shown)
     else:
         extractor = InceptionFeatureExtractor(batch_size=cfg.batch_size, device=device)
-        stats = local_feature_stats(batches, _Recording(extractor, kept), total=len(images))
+        stats = local_feature_stats(batches, _Recording(extractor, kept), total=len(images), progress=shown)
     stats = all_reduce_stats(stats, world)
     name = fid_metric_name(cfg.num_samples)
     if cfg.bootstrap and stats.count >= 4 and not cfg.num_actors:

@@ -145,13 +145,15 @@ def reference_stats(
     num_actors: int = 0,
     num_gpus_per_actor: float = 0,
     inception_path: str | Path | None = None,
+    progress: bool = False,
 ) -> ReferenceSet:
     """Inception statistics of a reference set, from the cache when its content was seen before.
 
     ``source``: an image folder, a ``.jsonl`` captions index or a uint8 (N, H, W, 3) array.
     ``limit`` keeps the first N images (e.g. 30000 of a larger index). ``num_actors`` > 0
     extracts on a Ray actor pool (Ray must be initialised); 0 extracts in this process with
-    ``extractor`` (one is created when None; pass one to share the loaded network).
+    ``extractor`` (one is created when None; pass one to share the loaded network). ``progress``:
+    a progress view of the Inception pass (``console.Progress``).
     """
     if resolution is not None and resolution < 8:
         raise ConfigError(f"resolution: must be >= 8 pixels or None, got {resolution}")
@@ -192,7 +194,7 @@ def reference_stats(
     label = str(source) if array is None else f"array{tuple(array.shape)}"
     return _cached_stats(cache_dir, key, count, resolution, label, captions,
                          lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
-                                                num_gpus_per_actor, inception_path))
+                                                num_gpus_per_actor, inception_path, progress))
 
 
 def decoded_reference_stats(
@@ -206,6 +208,7 @@ def decoded_reference_stats(
     num_actors: int = 0,
     num_gpus_per_actor: float = 0,
     inception_path: str | Path | None = None,
+    progress: bool = False,
 ) -> ReferenceSet:
     """Statistics of the images ``decode`` makes from ``latents`` (N, C, h, w), cached by content.
 
@@ -221,11 +224,11 @@ def decoded_reference_stats(
     batches = (decode(latents[i : i + batch_size]) for i in range(0, count, batch_size))  # lazy: misses only
     return _cached_stats(cache_dir, digest.hexdigest(), count, None, f"latents{tuple(latents.shape)}", None,
                          lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
-                                                num_gpus_per_actor, inception_path))
+                                                num_gpus_per_actor, inception_path, progress))
 
 
 def _feature_stats(batches, count: int, batch_size: int, extractor, num_actors: int, num_gpus_per_actor: float,
-                   inception_path) -> FeatureStats:
+                   inception_path, progress: bool = False) -> FeatureStats:
     if num_actors > 0:
         return distributed_feature_stats(
             batches,
@@ -235,9 +238,10 @@ def _feature_stats(batches, count: int, batch_size: int, extractor, num_actors: 
             batch_size=batch_size,
             total=count,
             desc="reference",
+            progress=progress,
         )
     extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
-    return local_feature_stats(batches, extractor, total=count, desc="reference")
+    return local_feature_stats(batches, extractor, total=count, desc="reference", progress=progress)
 
 
 def _cached_stats(cache_dir: str | Path, key: str, count: int, resolution: int | None, label: str,

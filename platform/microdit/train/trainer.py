@@ -178,10 +178,11 @@ def check_resumed_recipe(uri: str, run_id: str, recipe: RecipeConfig) -> None:
 def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
                  callbacks: list | None = None, mlflow_tags: dict[str, str] | None = None,
                  allow_changed_recipe: bool = False, log_final: bool = True,
-                 mlflow_params: dict[str, Any] | None = None) -> TrainSummary:
+                 mlflow_params: dict[str, Any] | None = None, progress: bool = False) -> TrainSummary:
     """Fit the recipe on Ray Train and return what it cost; raises on failure (MLflow run FAILED).
     A run name that exists resumes it, but only with the recipe it started with (unless allowed).
-    ``log_final=False``: the caller (a sweep trial) logs the final metrics itself, evaluation included."""
+    ``log_final=False``: the caller (a sweep trial) logs the final metrics itself, evaluation included.
+    ``progress``: show step/total · phase · loss · $ · ETA in this process (``microdit train``)."""
     import time
 
     import ray.train
@@ -214,12 +215,18 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
             client(uri).set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
     config = {"recipe": with_resolved_data(recipe), "model_config": model_config.to_dict(), "caption_len": caption_len,
               "mlflow_uri": uri, "mlflow_run_id": run_id, "run_dir": run_dir}
+    run_callbacks, view = list(callbacks or []), None
+    if progress:
+        from microdit.train.progress import TrainProgress
+
+        view = TrainProgress(recipe, name)
+        run_callbacks.append(view.callback())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(**scaling_kwargs(recipe.resources)),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_root, callbacks=callbacks or None,
+            name=name, storage_path=storage_root, callbacks=run_callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=recipe.tracking.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.tracking.keep_checkpoints),
             logging_config=train_logging_config(),
@@ -230,6 +237,9 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     except BaseException as err:  # Ctrl-C / `ray job stop` too: no run left RUNNING in MLflow
         finish_run(uri, run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
         raise
+    finally:
+        if view is not None:
+            view.close()
     outcome = result.return_value or {}
     mlflow_client = client(uri)
     errors = outcome.get("logging_errors") or []
