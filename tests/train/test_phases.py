@@ -73,10 +73,11 @@ def _three_phases(**extra):
     return load_recipe("demo", {
         "phases": [
             {"name": "ema", "resolution": 32, "mask_ratio": 0.5, "steps": 2, "batch_size": 8,
-             "ema_half_life_images": 32},
-            {"name": "naive", "resolution": 32, "mask_ratio": 0.5, "masking": "naive", "steps": 2, "batch_size": 8},
+             "ema_half_life_images": 32, "lr": 1e-3, "lr_schedule": "cosine", "lr_floor": 0.2},
+            {"name": "naive", "resolution": 32, "mask_ratio": 0.5, "masking": "naive", "steps": 2, "batch_size": 8,
+             "lr": 5e-4, "warmup_steps": 2},
             {"name": "fresh", "resolution": 32, "mask_ratio": 0.0, "steps": 2, "batch_size": 8,
-             "optimizer_state": "reset", "data": {"synthetic_fraction": 0.0}},
+             "optimizer_state": "reset", "data": {"synthetic_fraction": 0.0}, "lr": 2e-4},
         ],
         **extra,
     })
@@ -188,8 +189,11 @@ def _ids(set_dir: Path) -> set[str]:
 
 def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     """EMA phase -> naive-masking phase without EMA (optimizer kept) -> real-only phase with a fresh
-    optimizer. Final weights are phase 3's live weights; AdamW's step counter restarts at phase 3;
-    phase 3 reads only real rows; a relaunch with a changed recipe is refused, naming the key."""
+    optimizer, with a worker failure in the first step of phase 2 (resumed from the checkpoint at
+    the phase boundary). Each phase's LR schedule is logged step by step; final weights are phase
+    3's live weights; AdamW's step counter restarts at phase 3; phase 3 reads only real rows; the
+    retry re-reads exactly the rows the failed attempt read; a relaunch with a changed recipe is
+    refused, naming the key."""
     from train_testing import mlflow_client, read_id_lines
 
     from microdit.train.trainer import run_training
@@ -199,7 +203,9 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
         "phases": [p.to_dict() for p in _three_phases().phases],
         "tracking.checkpoint_every_steps": 2,
         "tracking.keep_checkpoints": 3,
-        "debug": {"record_ids_dir": str(ids_dir)},
+        "tracking.log_every_steps": 1,
+        "tracking.max_failures": 1,
+        "debug": {"record_ids_dir": str(ids_dir), "fail_at_step": 3},
         # an FID at every phase end, each of the 2 ranks generating and scoring 3 of the 6 samples
         "evaluation": {"reference": str(train_demo["demo_real_heldout"]), "num_samples": 6, "steps": 2,
                        "guidance": 2.0},
@@ -207,8 +213,13 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     recipe = tiny_recipe(train_demo, tmp_path, "phases", overrides)
     summary = run_training(recipe)
     assert summary.global_step == 6 and summary.images_seen == 48
-    fids = mlflow_client(recipe.tracking.mlflow_uri).get_metric_history(summary.mlflow_run_id, "fid_6")
-    assert [m.step for m in fids] == [2, 4, 6] and all(m.value > 0 for m in fids)  # logged once, by rank 0
+    assert (tmp_path / "runs" / "phases" / "failed_once_at_3").exists()
+    client = mlflow_client(recipe.tracking.mlflow_uri)
+    fids = client.get_metric_history(summary.mlflow_run_id, "fid_6")
+    assert [m.step for m in fids] == [2, 4, 6] and all(m.value > 0 for m in fids)  # once each, also across the retry
+    lrs = {m.step: m.value for m in client.get_metric_history(summary.mlflow_run_id, "lr")}
+    # cosine 1e-3 -> floor 2e-4 over 2 steps; 2-step warm-up to 5e-4 (the phase's own); constant 2e-4
+    assert [lrs[step] for step in sorted(lrs)] == pytest.approx([1e-3, 6e-4, 2.5e-4, 5e-4, 2e-4, 2e-4], rel=1e-9)
 
     states = _checkpoint_states(Path(summary.storage))
     assert sorted(states) == [2, 4, 6]
@@ -224,12 +235,19 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     real, synthetic = _ids(train_demo["demo_real"]), _ids(train_demo["demo_synthetic"])
     for rank in (0, 1):
         lines = read_id_lines(ids_dir, rank)
-        late = [i for line in lines if line["phase"] == 2 for i in line["ids"]]
-        early = [i for line in lines if line["phase"] < 2 for i in line["ids"]]
+        restart = next(i for i in range(1, len(lines)) if lines[i]["step"] <= lines[i - 1]["step"])
+        first, retry = lines[:restart], lines[restart:]
+        assert [line["step"] for line in retry] == [2, 3, 4, 5]  # resumed at the phase-2 boundary
+        replayed = {line["step"]: line["ids"] for line in retry}
+        assert all(line["ids"] == replayed[line["step"]] for line in first if line["step"] >= 2)
+        by_step = {line["step"]: line for line in lines}  # the retry's lines win
+        late = [i for step, line in by_step.items() if line["phase"] == 2 for i in line["ids"]]
+        early = [i for step, line in by_step.items() if line["phase"] < 2 for i in line["ids"]]
         assert len(late) == 8 and set(late) <= real  # synthetic_fraction 0 in phase 3
+        assert len(early) == len(set(early)) == 16  # phases 1-2 continue one data position: no row twice
         assert len([i for i in early if i in synthetic]) == 4  # floor(16 x 0.3) of each rank's 16 rows
 
     changed = tiny_recipe(train_demo, tmp_path, "phases", {**overrides, "phases[0].lr": 5e-4})
     with pytest.raises(ConfigError) as info:
         run_training(changed)
-    assert "run 'phases' exists with a different recipe (changed: phases[0].lr: 8e-05 -> 0.0005); " in str(info.value)
+    assert "run 'phases' exists with a different recipe (changed: phases[0].lr: 0.001 -> 0.0005); " in str(info.value)
