@@ -75,3 +75,23 @@ def test_resumed_run_counts_its_rate_from_the_first_update():
     clock.now = 50.0
     progress.update(800)
     assert out.getvalue().strip() == "train demo: 800/1,000 step (80%) · 10 step/s · ETA 20s"
+
+
+def test_a_sweep_prints_about_one_trial_progress_line_per_30_s(monkeypatch, capsys):
+    """Two trials at a time, each reporting every second for 5 minutes: each shows progress every
+    60 s, so the sweep prints about 10 progress lines, not 20 (the quickstart's line budget)."""
+    from types import SimpleNamespace
+
+    clock = Clock()
+    monkeypatch.setattr(console.time, "monotonic", clock)
+    lines = console.make_trial_lines(4, params=lambda config: "x", images=600, dollars=None)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={}, status="RUNNING", last_result={}) for i in range(2)]
+    for trial in trials:
+        lines.on_trial_start(0, trials, trial)
+    for second in range(1, 301):
+        clock.now = float(second)
+        for trial in trials:
+            lines.on_trial_result(0, trials, trial, {"step": second, "images_seen": 2 * second, "loss": 0.5})
+    progress = [line for line in capsys.readouterr().out.splitlines() if " · step " in line]
+    assert len(progress) == 10, progress
+    assert progress[0].startswith("trial 1/4 t0 · phase 0 · step 60 · loss 0.5000 · $0 · ETA ")

@@ -72,6 +72,9 @@ def connect_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=env or None, **ray_init_kwargs())
     else:  # a fresh one, never whatever cluster an address file of an earlier session points at
+        # One loopback node is never drained by a cloud provider, and Train's preemption watcher actor
+        # costs a C++ error line per Train run (its arguments sit in the object store, ray#53727).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # inherited by every local worker
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
                  runtime_env=env or None, **ray_init_kwargs())
     quiet_ray_data()

@@ -20,7 +20,7 @@ from typing import Any
 
 VERBOSITY = 0
 NOISY = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", "matplotlib", "PIL")
-PROGRESS_EVERY_S = 30.0  # at most one progress line per trial this often
+PROGRESS_EVERY_S = 30.0  # at most one progress line this often (per view; per sweep for trial lines)
 TUNE_ERROR_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
 
 
@@ -219,7 +219,9 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             now = time.monotonic()
-            if now - self.last.get(trial.trial_id, 0.0) < PROGRESS_EVERY_S or "step" not in result:
+            # k trials running: each shows progress every k x 30 s, the sweep about once per 30 s
+            running = sum(1 for t in trials if t.status == "RUNNING") or 1
+            if now - self.last.get(trial.trial_id, 0.0) < PROGRESS_EVERY_S * running or "step" not in result:
                 return
             self.last[trial.trial_id] = now
             done = progress_fraction(result, images, dollars)
