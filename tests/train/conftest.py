@@ -28,10 +28,16 @@ def train_demo(ray_local, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def baseline(train_demo, tmp_path_factory) -> Baseline:
-    """One uninterrupted 2-worker run of the tiny recipe, recording the row ids each rank consumed."""
+    """One uninterrupted 2-worker run of the tiny recipe, recording the row ids each rank consumed
+    (and what its progress view prints to a file-like stdout)."""
+    import contextlib
+    import io
+
     from microdit.train.trainer import run_training
 
     root = tmp_path_factory.mktemp("baseline")
     recipe = tiny_recipe(train_demo, root, "baseline", {"debug": {"record_ids_dir": str(root / "ids")}})
-    summary = run_training(recipe)
-    return Baseline(recipe=recipe, summary=summary, ids_dir=root / "ids", root=root)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        summary = run_training(recipe, progress=True)
+    return Baseline(recipe=recipe, summary=summary, ids_dir=root / "ids", root=root, console=console.getvalue())

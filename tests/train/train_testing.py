@@ -17,6 +17,7 @@ class Baseline:
     summary: Any  # TrainSummary
     ids_dir: Path
     root: Path
+    console: str = ""  # what the run printed (its progress view, off a terminal)
 
 
 def tiny_recipe(demo: dict[str, Path], root: Path, name: str, overrides: dict[str, Any] | None = None):
