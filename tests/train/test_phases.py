@@ -187,6 +187,7 @@ def _ids(set_dir: Path) -> set[str]:
     return {i for path in Path(set_dir).glob("*.parquet") for i in pq.read_table(path, columns=["id"])["id"].to_pylist()}
 
 
+@pytest.mark.ray
 def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     """EMA phase -> naive-masking phase without EMA (optimizer kept) -> real-only phase with a fresh
     optimizer, with a worker failure in the first step of phase 2 (resumed from the checkpoint at

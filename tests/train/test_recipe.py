@@ -21,7 +21,10 @@ def test_shipped_recipes_load():
     # SPEC §4's EMA decays per step at batch 2048, given in the recipe as half-lives in images
     assert paper.phases[2].ema_decay_per_step() == pytest.approx(0.99975, abs=1e-7)
     assert paper.phases[3].ema_decay_per_step() == pytest.approx(0.9975, abs=1e-6)
-    assert paper.phases[0].accumulation(8) == 2  # 2048 = 128 x 8 workers x 2
+    # the official per-GPU micro-batches 256 / 64 / 64 / 16 (bf16 LayerNorms): 2048 = micro x 8 workers x accumulation
+    assert [p.micro_batch for p in paper.phases] == [256, 64, 64, 16]
+    assert [p.accumulation(8) for p in paper.phases] == [1, 4, 4, 16]
+    assert paper.resources.low_precision_norms is True
 
 
 @pytest.mark.parametrize(

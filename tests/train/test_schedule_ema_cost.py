@@ -53,8 +53,10 @@ def test_cosine_in_a_dollar_phase_decays_over_the_spent_fraction():
     assert learning_rate(phase, 10, None, 0.5) == pytest.approx(0.25 * LR + 0.75 * LR * 0.5)
     assert learning_rate(phase, 10, None, 1.0) == pytest.approx(0.25 * LR)
     assert learning_rate(phase, 10, None, 1.7) == pytest.approx(0.25 * LR)  # overshoot: stays at the floor
-    with pytest.raises(ValueError, match="cosine schedule needs the phase length"):
+    with pytest.raises(ValueError) as info:
         learning_rate(phase, 10, None, None)
+    assert str(info.value) == ("phase 'phase': a cosine schedule needs the phase length (steps, images, or the "
+                               "spent fraction of a dollar-length phase)")
 
 
 @pytest.mark.parametrize("batch", [50, 25, 500])
@@ -119,6 +121,26 @@ def test_cost_meter_arithmetic(monkeypatch):
     assert resumed.seconds == 30.0 and resumed.images == 4096
     assert resumed.dollars == pytest.approx(30 * 8 / 3600 * 3.79)
     assert "mfu" not in resumed.window()  # CPU: no peak, FLOP/s only
+
+
+def test_cost_meter_windows_accumulate_steps_then_restart(monkeypatch):
+    """A window sums every step since the last report (sub-second windows are not rounded up) and
+    the next window starts empty; a first step without start() bills nothing before itself."""
+    clock = iter([49.0, 50.0, 50.25, 50.5, 50.5, 52.5])
+    monkeypatch.setattr("microdit.train.cost.time.perf_counter", lambda: next(clock))
+    meter = CostMeter(price_per_hour=2.0, devices=4, peak_flops_per_device=1e12)
+    meter.step(8, 80, 8e9)  # reads t = 49, no start() yet: start() reads t = 50 and the step bills 0 s
+    assert meter.seconds == 0.0 and meter.images == 8
+    meter.step(8, 80, 8e9)  # t = 50.25
+    assert meter.seconds == pytest.approx(0.25) and meter.images == 16
+    first = meter.window()  # t = 50.5: 16 images, 160 tokens, 1.6e10 FLOPs since start() at t = 50
+    assert first == {"images_per_s": 32.0, "tokens_per_s": 320.0, "flops_per_s": 3.2e10,
+                     "gpu_hours": pytest.approx(0.25 * 4 / 3600), "cost_usd": pytest.approx(0.25 * 4 / 3600 * 2.0),
+                     "images_seen": 16.0, "mfu": pytest.approx(3.2e10 / 4e12)}
+    meter.step(4, 40, 4e9)  # t = 50.5
+    second = meter.window()  # t = 52.5: only the step since the last window, over 2 s
+    assert (second["images_per_s"], second["tokens_per_s"], second["flops_per_s"]) == (2.0, 20.0, 2e9)
+    assert second["images_seen"] == 20.0
 
 
 def test_step_generator_depends_only_on_seed_rank_step_micro():
