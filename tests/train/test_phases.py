@@ -67,6 +67,24 @@ def test_checkpoint_weights_use_the_ema_only_when_it_was_updated(tmp_path):
     live = load_weights(tmp_path / "updated", which="live")
     assert torch.equal(live.state_dict()["final_layer.linear.weight"], trained.state_dict()["final_layer.linear.weight"])
 
+    # A run's last checkpoint also holds final_weights.pt (here the EMA): auto takes it, an explicit
+    # live / ema still picks from the checkpoint's state, by folder or by the weights file.
+    from microdit.train.state import WEIGHTS_FILE, save_weights
+
+    final = save_weights(tmp_path / "updated" / WEIGHTS_FILE, ema.shadow, trained.config.to_dict(), {"ema": True})
+    key = "final_layer.linear.weight"
+    for source in (tmp_path / "updated", final):
+        assert torch.equal(load_weights(source).state_dict()[key], ema.shadow[key])
+        assert torch.equal(load_weights(source, which="live").state_dict()[key], trained.state_dict()[key])
+        assert torch.equal(load_weights(source, which="ema").state_dict()[key], ema.shadow[key])
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    lone = save_weights(alone / WEIGHTS_FILE, ema.shadow, trained.config.to_dict(), {"ema": True})
+    with pytest.raises(ValueError) as info:
+        load_weights(lone, which="live")
+    assert str(info.value) == (f"{lone} holds the ema weights only; which='live' needs the training checkpoint "
+                               "directory (train_state.pt)")
+
 
 # ---------------------------------------------------------------- items 2, 8, 9: phase transitions
 def _three_phases(**extra):

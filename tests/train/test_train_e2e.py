@@ -17,9 +17,25 @@ def test_tiny_run_end_to_end(baseline):
     assert summary.images_seen == STEPS * BATCH
     assert summary.cost_usd > 0 and summary.gpu_hours > 0
 
-    assert final_state(summary.weights)["meta"]["ema"] is True  # the phase tracks an EMA
+    final = final_state(summary.weights)
+    assert final["meta"]["ema"] is True  # the phase tracks an EMA
     model = load_weights(summary.weights)  # plain file, no Ray
     assert model.config.patch_size == 4
+    # exactly the last checkpoint's EMA average (not its live weights), and loaded as saved
+    from pathlib import Path
+
+    from microdit.train.state import load_state
+
+    last = load_state(Path(summary.weights).parent)
+    assert last["ema"]["updates"] == STEPS - 8 // BATCH  # ema_start_images 8: no update until 8 images are past
+    moved = 0
+    for key, value in final["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+        assert torch.equal(value, last["ema"]["shadow"][key].float()), key
+        moved += not torch.equal(value, last["model"][key].float())
+    assert moved > 0.5 * len(final["state_dict"])  # the average is not the live weights
+    assert load_weights(Path(summary.weights).parent, which="live").state_dict()["final_layer.linear.weight"] \
+        .equal(last["model"]["final_layer.linear.weight"].float())
     latent = torch.zeros(2, model.config.latent_channels, 32, 32)
     caption = torch.zeros(2, 32, model.config.caption_dim)
     with torch.no_grad():

@@ -107,15 +107,21 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", wh
             return load_weights(local, device, which)
     path = Path(path)
     if path.is_dir():
-        if (path / WEIGHTS_FILE).exists():
+        if (path / WEIGHTS_FILE).exists() and which == "auto":  # the run's own choice, made at its end
             path = path / WEIGHTS_FILE
-        else:
+        else:  # an explicit ema / live picks from the checkpoint's state, also in the run's last one
             state = load_state(path)
             model = MicroDiT(ModelConfig.from_dict(state["model_config"]))
             weights, _ = checkpoint_weights(state, which)
             model.load_state_dict(weights)
             return model.to(device).eval()
+    if which != "auto" and path.name == WEIGHTS_FILE and (path.parent / STATE_FILE).exists():
+        return load_weights(path.parent, device, which)  # its checkpoint holds both EMA and live
     blob = torch.load(path, map_location="cpu", weights_only=False)
+    holds = "ema" if blob.get("meta", {}).get("ema") else "live"
+    if which not in ("auto", holds):
+        raise ValueError(f"{path} holds the {holds} weights only; which={which!r} needs the training "
+                         "checkpoint directory (train_state.pt)")
     model = MicroDiT(ModelConfig.from_dict(blob["model_config"]))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
