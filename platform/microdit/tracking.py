@@ -98,6 +98,12 @@ def metric_key(path: str) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", path)
 
 
+def spec_key(name: str) -> str:
+    """The inverse of :func:`metric_key`: 'phases.0.mask_ratio' -> 'phases[0].mask_ratio' (tables
+    spell a key as the spec and ``--set`` do)."""
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", name)
+
+
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
     """Log params in batches (MLflow caps a batch at 100), values truncated to MLflow's limit."""
     from mlflow.entities import Param

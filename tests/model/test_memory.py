@@ -232,7 +232,7 @@ def test_cli_memory_table(capsys):
         assert f"\n  {label} " in out
     assert "micro-batch 64, bf16 autocast, flash attention, fsdp over 8 GPUs" in out
     assert "fits an 80 GB H100" in out and "config:" not in out
-    assert main(["model", "--size", "MicroDiT_Nano_2", "--memory", "--precision", "fp32", "--dry-run"]) == 0
+    assert main(["model", "--size", "MicroDiT_Nano_2", "--memory", "--precision", "fp32", "--describe"]) == 0
     out = capsys.readouterr().out
     assert "config:" in out and "(the largest that fits)" in out
     assert main(["model", "--size", "MicroDiT_Nano_2", "--memory", "--micro-batch", "0"]) == 2

@@ -1,4 +1,4 @@
-"""`microdit model --dry-run` and the `jobs/benchmark.py` dispatcher."""
+"""`microdit model` and the `jobs/benchmark.py` dispatcher."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_xl_dry_run_prints_the_official_parameter_count(capsys):
-    assert main(["model", "--size", "MicroDiT_XL_2", "--dry-run"]) == 0
+    assert main(["model", "--size", "MicroDiT_XL_2", "--describe"]) == 0
     out = capsys.readouterr().out
     assert "1,165,442,320" in out
     assert "712,457,488" in out  # active per token
@@ -26,7 +26,7 @@ def test_xl_dry_run_prints_the_official_parameter_count(capsys):
 def test_resolution_latent_size_overrides_and_mask_ratio(capsys):
     argv = ["model", "--size", "MicroDiT_Micro_2", "--resolution", "512", "--mask-ratio", "0.5"]
     assert (
-        main([*argv, "--set", "caption_dim=1024", "--set", "qkv_ratio_range=[0.25, 1.0]", "--dry-run"]) == 0
+        main([*argv, "--set", "caption_dim=1024", "--set", "qkv_ratio_range=[0.25, 1.0]", "--describe"]) == 0
     )
     out = capsys.readouterr().out
     assert "64x64 latent, 1024 tokens), mask ratio 0.5 (512 tokens" in out
@@ -49,7 +49,7 @@ def test_resolution_latent_size_overrides_and_mask_ratio(capsys):
     ],
 )
 def test_errors_print_one_line_and_exit_2(argv, message, capsys):
-    assert main(["model", *argv, "--dry-run"]) == 2
+    assert main(["model", *argv, "--describe"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("microdit model: error: ") and message in err
     assert err.count("\n") == 1

@@ -193,8 +193,9 @@ def test_dry_run_cli_prints_the_prediction(capsys):
 
     assert main(["train", "paper", "--dry-run", "--images-per-s", str(PAPER_IMAGES_PER_S)]) == 0
     out = capsys.readouterr().out
-    assert "p1-256-masked" in out and "8 x H100 at $3.79/h" in out
+    assert "p1-256-masked" in out and "8 x H100 at $3.79/h per device" in out
     total = next(line for line in out.splitlines() if line.startswith("total"))
-    assert total.split() == ["total", "686,080,000", "62.69", "501.5", "1,900.76"]
+    assert total.split() == ["total", "686,080,000", "62.69", "501.52", "$1,900.76"]
+    assert out.index("predicted cost") < out.index("parameters:") < out.index("recipe:")  # the answer first
     assert main(["train", "demo", "--set", "phases[0].batch_size=33"]) == 2
     assert "phases[0].batch_size=33" in capsys.readouterr().err

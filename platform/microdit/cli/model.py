@@ -3,11 +3,11 @@
 Prints the resolved architecture config, total and active parameters (counted on the meta
 device: no memory), and forward / training FLOPs per image at a resolution and mask ratio::
 
-    microdit model --size MicroDiT_XL_2 --dry-run
-    microdit model --size MicroDiT_Micro_2 --resolution 256 --mask-ratio 0.5 --set caption_dim=1024 --dry-run
+    microdit model --size MicroDiT_XL_2
+    microdit model --size MicroDiT_Micro_2 --resolution 256 --mask-ratio 0.5 --set caption_dim=1024
 
 ``--memory`` prints the predicted peak GPU memory of a training step per GPU instead
-(``microdit.model.memory``: weights, grads, optimizer, activations, workspace; add ``--dry-run``
+(``microdit.model.memory``: weights, grads, optimizer, activations, workspace; add ``--describe``
 to print the description as well)::
 
     microdit model --size MicroDiT_XL_2 --resolution 256 --mask-ratio 0.75 --micro-batch 256 --memory
@@ -56,9 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="override a ModelConfig field (YAML value), e.g. --set caption_dim=384; repeatable",
     )
     parser.add_argument(
-        "--dry-run",
+        "--describe",
         action="store_true",
-        help="print the resolved config and counts without building the model (the default output)",
+        help="print the resolved config, parameter counts and FLOPs (the output without --memory; with "
+        "--memory, both); nothing is built",
     )
     memory = parser.add_argument_group("memory model (--memory)")
     memory.add_argument(
@@ -144,7 +145,7 @@ def resolve(args: argparse.Namespace) -> tuple[str, ModelConfig, int, float]:
 
 
 def describe(name: str, config: ModelConfig, latent: int, ratio: float, caption_len: int) -> str:
-    """The text ``microdit model --dry-run`` prints."""
+    """The text ``microdit model`` prints (``--describe``)."""
     from microdit.model.flops import forward_flops
     from microdit.model.sizes import parameter_counts
 
@@ -245,7 +246,7 @@ def describe_memory(
 
 def run(args: argparse.Namespace) -> int:
     name, config, latent, ratio = resolve(args)
-    if args.dry_run or not args.memory:
+    if args.describe or not args.memory:
         print(describe(name, config, latent, ratio, args.caption_len))
     if args.memory:
         print(describe_memory(name, config, latent, ratio, args))

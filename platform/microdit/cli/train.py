@@ -50,21 +50,23 @@ def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> Non
         model, caption_len = resolve_model(recipe)
     except Exception:  # data not prepared yet: use the size's own caption width
         model, caption_len = recipe.architecture(), recipe.caption_len
-    print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict(),
-                          "locations": locations(recipe)}, sort_keys=False))
-    for line in protocol_notes(recipe):
-        print(f"note: {line}")
-    counts = parameter_counts(model)
-    print(f"parameters: {counts['total']:,} total, {counts['active']:,} active per token")
     if assume_mfu is None and images_per_s is None:
         assume_mfu = 0.5 if recipe.resources.peak_flops else None
         images_per_s = None if assume_mfu else 10.0
         basis = f"assumed MFU {assume_mfu}" if assume_mfu else "assumed 10 images/s (no GPU peak)"
     else:
         basis = f"MFU {assume_mfu}" if assume_mfu is not None else f"{images_per_s} images/s"
+    # The answer first: what the run costs; then what it is (parameters, notes, the resolved recipe).
     print(f"predicted cost at {basis}, {recipe.resources.billed_devices} x {recipe.resources.accelerator} "
-          f"at ${recipe.resources.hourly_price}/h:")
+          f"at ${recipe.resources.hourly_price}/h per device:")
     print(format_prediction(predict(recipe, model, caption_len, assume_mfu=assume_mfu, images_per_s=images_per_s)))
+    counts = parameter_counts(model)
+    print(f"parameters: {counts['total']:,} total, {counts['active']:,} active per token")
+    for line in protocol_notes(recipe):
+        print(f"note: {line}")
+    print()
+    print(yaml.safe_dump({"recipe": recipe.to_dict(), "resolved_model": model.to_dict(),
+                          "locations": locations(recipe)}, sort_keys=False).rstrip())
 
 
 def locations(recipe) -> dict[str, str]:

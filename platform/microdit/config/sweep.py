@@ -376,6 +376,15 @@ class SweepSpec(StrictModel):
         return data
 
 
+def value_label(value: Any) -> Any:
+    """A swept value as one label: a bundle's overrides with their full dotted keys, as the spec
+    writes them ('model.masking=naive,phases[0].mask_ratio=0.75'), so two members that end in the
+    same name never read alike; any other value as is."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
 def load_sweep(ref: str | dict[str, Any]) -> SweepSpec:
     """Read and validate a sweep spec (a path, a shipped name such as quickstart, or a mapping)."""
     if isinstance(ref, dict):

@@ -2,8 +2,9 @@
 
 A trial's cost comes from the analytic FLOP count of its recipe and the price table: with a
 dollar budget per trial that budget is the cost; with an image budget it is images / speed,
-speed = MFU x peak x devices / FLOPs per image on GPUs (or a given images/s). Grid sweeps list
-every trial; sampled sweeps list the space's corners (the cost range) and max_trials.
+speed = MFU x peak x devices / FLOPs per image on GPUs (or a given images/s). The answer (trials,
+predicted total, budget) comes first; then grid sweeps list every trial, sampled sweeps the
+space's corners (the cost range). Wall hours are per trial; the cost covers all its devices.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import itertools
 
 from microdit.config.recipe import RecipeConfig, deviation_from_official
-from microdit.config.sweep import SweepSpec
+from microdit.config.sweep import SweepSpec, value_label
+from microdit.sweep.accounting import usd
 from microdit.sweep.pareto import format_table
 from microdit.train.predict import predict
 
@@ -51,21 +53,20 @@ def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
     rows = []
     for i, values in enumerate(combos):
         dollars, hours = trial_cost(spec, values, images_per_s)
-        labels = {k: ",".join(f"{a.split('.')[-1]}={b}" for a, b in v.items()) if isinstance(v, dict) else v
-                  for k, v in values.items()}
-        rows.append({"#": i, **labels, "pred_hours": hours, "pred_usd": dollars})
-    columns = ["#", *[p.key for p in spec.space], "pred_hours", "pred_usd"]
-    per_trial = [r["pred_usd"] for r in rows]
+        rows.append({"#": i, **{k: value_label(v) for k, v in values.items()},
+                     "pred_wall_hours": f"{hours:.3g}", "pred_cost": usd(dollars), "_usd": dollars})
+    columns = ["#", *[p.key for p in spec.space], "pred_wall_hours", "pred_cost"]
+    per_trial = [r["_usd"] for r in rows]
     total = max(per_trial) * spec.num_trials() if not spec.is_grid else \
         sum(per_trial[i] for i, _ in enumerate(combos)) * (spec.num_trials() / max(len(combos), 1))
-    lines = [f"sweep {spec.name}: {heading}; objectives "
-             f"{', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}; max concurrent {spec.max_concurrent}",
-             format_table(rows, columns),
-             f"trials: {spec.num_trials()}; predicted total: ${total:,.4f}"
-             + ("" if spec.is_grid else " (upper bound: max_trials x the dearest corner)")]
+    answer = f"trials: {spec.num_trials()}; predicted total: {usd(total)}" + (
+        "" if spec.is_grid else " (upper bound: max_trials x the dearest corner)")
     if spec.budget_dollars is not None:
-        lines.append(f"sweep budget: ${spec.budget_dollars:,.4f} — the budget guard starts no trial once spent + "
-                     "committed would pass it")
+        answer += f"; sweep budget {usd(spec.budget_dollars)} (no trial starts once spent + committed would pass it)"
+    lines = [answer,
+             f"sweep {spec.name}: {heading}; objectives "
+             f"{', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}; max concurrent {spec.max_concurrent}",
+             format_table(rows, columns)]
     note = evaluation_protocol_note(spec)
     if note:
         lines.append(f"note: {note}")

@@ -19,7 +19,7 @@ from typing import Any
 from microdit.config.sweep import SweepSpec
 from microdit.sweep.accounting import sweep_total, trial_cost, usd
 from microdit.sweep.pareto import format_table, pareto_front, scatter_plot, with_error, within_noise
-from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run
+from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run, spec_key
 
 
 @dataclass
@@ -72,7 +72,8 @@ def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per child run (status, swept values, replicate, final metrics) and the swept keys."""
     rows, swept_keys = [], set()
     for run in children:
-        params = {k[len("sweep."):]: _number(v) for k, v in run.data.params.items() if k.startswith("sweep.")}
+        params = {spec_key(k[len("sweep."):]): _number(v) for k, v in run.data.params.items()
+                  if k.startswith("sweep.")}
         swept_keys.update(k for k in params if k != "replicate")
         status = run.data.tags.get("microdit.trial_status") or (
             "running" if run.info.status == "RUNNING" else run.info.status.lower())

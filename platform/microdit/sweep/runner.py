@@ -136,11 +136,13 @@ def best_trial(report, spec: SweepSpec) -> str | None:
 
 def trial_lines(spec: SweepSpec):
     """The console's one-line-per-event trial reporter for this spec."""
+    from microdit.config.sweep import value_label
     from microdit.console import make_trial_lines
-    from microdit.sweep.trial import _label, trial_values
+    from microdit.sweep.trial import trial_values
 
-    def params(config: dict) -> str:
-        return ", ".join(f"{k}={_label(v)}" for k, v in trial_values(spec, config).items())
+    def params(config: dict) -> str:  # a bundle's label names its own keys
+        return ", ".join(value_label(v) if isinstance(v, dict) else f"{k}={v}"
+                         for k, v in trial_values(spec, config).items())
 
     return make_trial_lines(spec.num_trials(), params, spec.trial_images, spec.trial_dollars)
 

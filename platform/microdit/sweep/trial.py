@@ -14,7 +14,7 @@ from typing import Any
 from ray import tune
 
 from microdit.config.recipe import RecipeConfig, deviation_from_official
-from microdit.config.sweep import load_sweep
+from microdit.config.sweep import load_sweep, value_label
 from microdit.sweep.accounting import trial_final_metrics
 from microdit.sweep.search import REPLICATE, param_name
 
@@ -28,13 +28,6 @@ def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
             value = p.values[value]
         values[p.key] = int(value) if p.kind == "int" else value
     return values
-
-
-def _label(value: Any) -> Any:
-    """A bundle's overrides as one short label (e.g. 'masking=naive,mixer_depth=0')."""
-    if isinstance(value, dict):
-        return ",".join(f"{k.split('.')[-1]}={v}" for k, v in value.items())
-    return value
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -59,7 +52,7 @@ def run_trial(config: dict[str, Any]) -> None:
     recipe_dict["tracking"].update({"experiment": spec.experiment, "mlflow_uri": config["mlflow_uri"],
                                     "storage_path": config["train_storage"]})
     recipe = RecipeConfig.from_dict(recipe_dict)
-    params = {f"sweep.{metric_key(k)}": _label(v) for k, v in values.items()}  # logged before training:
+    params = {f"sweep.{metric_key(k)}": value_label(v) for k, v in values.items()}  # logged before training:
     if spec.seeds > 1:                                                          # a failed trial keeps them
         params["sweep.replicate"] = replicate
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],

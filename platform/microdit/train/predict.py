@@ -60,14 +60,17 @@ def predict(recipe: RecipeConfig, model: ModelConfig, caption_len: int, *, assum
 
 
 def format_prediction(rows: list[PhasePrediction]) -> str:
-    header = f"{'phase':<18}{'latent':>7}{'tokens':>8}{'GFLOP/img':>11}{'images':>14}{'img/s':>10}{'hours':>9}" \
-             f"{'dev-h':>9}{'$':>11}"
+    """The cost table: wall hours of the run, device-hours billed (wall x devices) and dollars."""
+    from microdit.sweep.accounting import usd
+
+    header = f"{'phase':<18}{'latent':>7}{'tokens':>8}{'GFLOP/img':>11}{'images':>14}{'img/s':>10}" \
+             f"{'wall_hours':>12}{'device_hours':>14}{'cost':>13}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r.name:<18}{r.latent:>7}{r.kept_tokens:>8}{r.train_gflops_per_image:>11.1f}"
-                     f"{r.images:>14,.0f}{r.images_per_s:>10.1f}{r.hours:>9.2f}{r.device_hours:>9.1f}"
-                     f"{r.dollars:>11,.2f}")
-    total_h = sum(r.hours for r in rows)
+                     f"{r.images:>14,.0f}{r.images_per_s:>10.1f}{r.hours:>12.2f}{r.device_hours:>14.2f}"
+                     f"{usd(r.dollars):>13}")
     lines.append(f"{'total':<18}{'':>7}{'':>8}{'':>11}{sum(r.images for r in rows):>14,.0f}{'':>10}"
-                 f"{total_h:>9.2f}{sum(r.device_hours for r in rows):>9.1f}{sum(r.dollars for r in rows):>11,.2f}")
+                 f"{sum(r.hours for r in rows):>12.2f}{sum(r.device_hours for r in rows):>14.2f}"
+                 f"{usd(sum(r.dollars for r in rows)):>13}")
     return "\n".join(lines)
