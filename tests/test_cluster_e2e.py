@@ -10,7 +10,9 @@ points in fresh driver processes joining the cluster through ``RAY_ADDRESS``:
 3. ``jobs/train.py`` trains 2 workers, one per node; once the first checkpoint is in the bucket
    the non-head node is killed and a fresh node added: the run resumes from the bucket and ends
    at exactly its planned step count, the final weights in its last checkpoint in the bucket;
-4. ``jobs/sweep.py`` runs a 2-trial grid sweep (FID + cost) on the same cluster;
+4. ``jobs/sweep.py`` runs a 2-trial Optuna TPE sweep (FID + cost) on the same cluster, each trial
+   an iso-cost dollar budget cut into a swept phase and a fine-tune (dollar-length phases under
+   ``max_dollars``, the path every shipped ablation spec takes); the study lives in the bucket;
 5. ``microdit compare`` from another process reads the results back from the MLflow server.
 
 The Train worker reports where it imported ``microdit`` from: the copy Ray shipped
@@ -101,6 +103,9 @@ def _recipe(tmp_path: Path) -> Path:
     return path
 
 
+TRIAL_USD, FINETUNE_USD = 8e-5, 2e-5
+
+
 def _sweep_spec(tmp_path: Path) -> Path:
     spec = {
         "name": "cluster-sweep", "base": "demo",
@@ -112,11 +117,12 @@ def _sweep_spec(tmp_path: Path) -> Path:
             "resources.num_workers": 1, "resources.cpus_per_worker": 0.5,
             "tracking.log_every_steps": 1, "tracking.checkpoint_every_steps": 10, "tracking.sample_grid": False,
         },
-        "space": {"phases[0].mask_ratio": {"grid": [0.0, 0.5]}},
+        "space": {"phases[0].mask_ratio": {"uniform": [0.0, 0.6]}},
         "objectives": [{"metric": "fid_8", "mode": "min"}, {"metric": "cost_usd", "mode": "min"}],
-        "trial_budget": {"images": 24},
+        "trial_budget": {"dollars": TRIAL_USD},  # ~6 s of one CPU worker at $0.05/h
+        "finetune": {"dollars": FINETUNE_USD},
         "budget": {"max_trials": 2, "max_concurrent": 1},
-        "search": {"algorithm": "grid", "seed": 0},
+        "search": {"algorithm": "tpe", "seed": 0},
         "evaluation": {"reference": "demo_real_heldout", "num_samples": 8, "steps": 3, "guidance": 2.0},
     }
     path = tmp_path / "cluster_sweep.yaml"
@@ -233,4 +239,11 @@ def test_two_nodes_object_storage_and_mlflow_server(two_nodes, mlflow_server, s3
     trials = client.search_runs([client.get_experiment_by_name("microdit-sweeps").experiment_id],
                                 filter_string="tags.`microdit.kind` = 'train'")
     assert len(trials) == 2 and all(t.data.metrics.get("fid_8", 0) > 0 for t in trials)
+    ratios = sorted(float(t.data.params["sweep.phases.0.mask_ratio"]) for t in trials)
+    assert ratios[0] != ratios[1] and all(0.0 <= r <= 0.6 for r in ratios)  # sampled by TPE from the range
+    for trial in trials:  # each spent its dollar budget: the swept phase, then the fine-tune at ratio 0
+        phases = {m.value for m in client.get_metric_history(trial.info.run_id, "phase")}
+        assert phases == {0.0, 1.0}, phases
+        train_usd = trial.data.metrics["final/train_usd"]
+        assert TRIAL_USD <= train_usd < 3 * TRIAL_USD, train_usd  # stops at the first step past the budget
     assert all(t.info.artifact_uri.startswith("mlflow-artifacts:") for t in trials)  # through the server

@@ -110,7 +110,8 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     assert (report.finished, report.failed) == (1, 1) and len(report.configs) == 1 and report.front == [0]
     assert f"spent {usd(report.spent_usd)} = trials {usd(report.spent_usd - overhead)}" in report.text
     assert "best fid_8" in report.text
-    assert set(failed_row["variant"].split(",")) == {"mask_ratio=0.5", "fail_at_step=1", "max_failures=0"}  # logged
+    assert set(failed_row["variant"].split(",")) == {"phases[0].mask_ratio=0.5", "debug.fail_at_step=1",
+                                                     "tracking.max_failures=0"}  # logged
     # before training, so a trial that fails keeps its parameters
 
     # compare is read-only: the parent run's metrics and artifacts are untouched
