@@ -17,38 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_testing import write_pixel_set
 
 SAMPLES, WORLD = 7, 2
-
-
-def _write_pixel_set(directory: Path, rows: int = 8, size: int = 16, length: int = 4, dim: int = 32) -> Path:
-    """A prepared set with the ``pixels`` VAE: each latent is the image itself in [-1, 1]."""
-    from microdit.data.manifest import Manifest, save_manifest
-    from microdit.data.schema import (
-        TEXT_EMB,
-        TEXT_LEN,
-        build_table,
-        latent_column,
-        shard_name,
-        tensor_specs,
-        write_shard,
-    )
-
-    rng = np.random.default_rng(0)
-    specs = tensor_specs([size], {size: (3, size, size)}, (length, dim))
-    pixels = rng.uniform(-1, 1, (rows, 3, size, size)).astype(np.float16)  # (N, 3, h, w)
-    table = build_table({"id": [f"set/{i}" for i in range(rows)], "caption": [f"caption {i}" for i in range(rows)],
-                         "source": ["real"] * rows, "dataset": ["set"] * rows, "width": [size] * rows,
-                         "height": [size] * rows, latent_column(size): pixels,
-                         TEXT_EMB: rng.standard_normal((rows, length, dim)).astype(np.float16),
-                         TEXT_LEN: np.full(rows, length, np.int16)}, specs, {"skipped": {}})
-    directory.mkdir(parents=True)
-    write_shard(table, str(directory / shard_name(0)))
-    save_manifest(str(directory), Manifest(
-        name=directory.name, dataset="set", source="real", vae={"kind": "pixels", "name": "pixels"},
-        text_encoder={"name": "test", "max_length": length, "dim": dim}, resolutions=[size], tensors=specs,
-        prepare={}, shards=[{"file": shard_name(0), "rows": rows}], rows={"real": rows}, units=1, complete=True))
-    return directory
 
 
 def _model():
@@ -84,7 +55,7 @@ def test_two_ranks_give_the_single_process_fid(tmp_path):
 
     from microdit.evaluate.generate import LatentDecoder, generate
 
-    single_set = _write_pixel_set(tmp_path / "set")
+    single_set = write_pixel_set(tmp_path / "set")
     single = _evaluate(str(single_set), batch_size=3)
 
     # the images themselves: samples 4..6 made alone (in batches of 2) equal those of the full run
