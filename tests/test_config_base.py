@@ -1,0 +1,93 @@
+"""The one config layer's error messages (``config/base.py``): every bad input names its dotted path,
+its value and what is allowed, through nested models, lists, optionals and mappings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import model_validator
+
+from microdit.config.base import StrictModel, dotted, need, validate_config
+from microdit.errors import ConfigError
+
+
+class Leaf(StrictModel):
+    lr: float = 1e-3
+    name: str
+
+
+class Mid(StrictModel):
+    leaves: list[Leaf] = []
+    optional: Leaf | None = None
+    table: dict[str, int] = {}
+    named: dict[str, Leaf] = {}
+    size: int | None = None
+
+    @model_validator(mode="after")
+    def _rule(self) -> Mid:
+        need(len(self.leaves) < 3, "leaves", len(self.leaves), "at most 2")
+        return self
+
+
+class Top(StrictModel):
+    mid: Mid = Mid()
+    tag: str = "x"
+
+
+class BadDefault(StrictModel):
+    count: int = "many"  # a default that does not validate: reported without a value from the data
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"mid": {"leaves": [{"name": "a", "lrr": 1}]}}, "top.mid.leaves[0].lrr: unknown key; allowed: lr, name"),
+    ({"mid": {"optional": {"name": "a", "bad": 1}}}, "top.mid.optional.bad: unknown key; allowed: lr, name"),
+    ({"mid": {"named": {"k": {"name": "a", "zz": 1}}}}, "top.mid.named.k.zz: unknown key; check the spelling"),
+    ({"mid": {"nope": 2}}, "top.mid.nope: unknown key; allowed: leaves, named, optional, size, table"),
+    ({"nope": 1}, "top.nope: unknown key; allowed: mid, tag"),
+    ({"mid": {"table": {"a": "x"}}}, "top.mid.table.a='x': Input should be a valid integer, unable to parse string "
+                                     "as an integer"),
+    ({"mid": {"leaves": [{"lr": 1}]}}, "top.mid.leaves[0].name: missing (required)"),
+    ({"mid": {"size": "abc"}}, "top.mid.size='abc': Input should be a valid integer, unable to parse string as an "
+                               "integer"),
+    ({"mid": {"leaves": [{"name": "a"}] * 3}}, "top.mid.leaves=3: at most 2"),
+    ({"mid": 5}, "top.mid=5: Input should be a valid dictionary or instance of Mid"),
+    ({"mid": {"leaves": [{"name": "a", "lr": "fast"}, {"name": "b", "lr": "slow"}]}},
+     "top.mid.leaves[0].lr='fast': Input should be a valid number, unable to parse string as a number; "
+     "top.mid.leaves[1].lr='slow': Input should be a valid number, unable to parse string as a number"),
+    ({"mid": {"leaves": [{"name": "a", "lr": float("nan")}]}},
+     "top.mid.leaves[0].lr=nan: Input should be a finite number"),
+])
+def test_errors_name_the_dotted_path_the_value_and_what_is_allowed(data, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(Top, data, "top")
+    assert str(info.value) == message
+
+
+def test_without_a_prefix_and_for_values_not_in_the_data():
+    with pytest.raises(ConfigError) as info:
+        validate_config(Top, {"tag": 3})
+    assert str(info.value) == "tag=3: Input should be a valid string"
+    with pytest.raises(ConfigError) as info:
+        validate_config(BadDefault, {})  # the default is checked too, and has no value in the data
+    assert str(info.value) == "count: Input should be a valid integer, unable to parse string as an integer"
+    with pytest.raises(ConfigError) as info:
+        validate_config(Top, [1], "top")
+    assert str(info.value) == "top: expected a mapping, got list"
+    with pytest.raises(ConfigError) as info:
+        validate_config(Top, "x")
+    assert str(info.value) == "Top: expected a mapping, got str"
+
+
+def test_valid_data_round_trips_and_assignment_is_checked():
+    top = validate_config(Top, {"mid": {"leaves": [{"name": "a", "lr": "1e-4"}], "optional": None}})
+    assert top.mid.leaves[0].lr == 1e-4  # YAML 1.1 reads 1e-4 as a string: parsed as a number
+    assert Top.from_dict(top.to_dict()) == top
+    with pytest.raises(ValueError):
+        top.tag = 5  # validate_assignment: a program cannot slip a wrong type in either
+
+
+@pytest.mark.parametrize(("loc", "prefix", "text"), [
+    (("phases", 0, "lr"), "", "phases[0].lr"), (("phases", 0, "lr"), "recipe", "recipe.phases[0].lr"),
+    ((0, 1), "", "[0][1]"), ((), "model", "model"), ((), "", ""), (("a", "b"), "", "a.b"),
+])
+def test_dotted_paths(loc, prefix, text):
+    assert dotted(loc, prefix) == text
