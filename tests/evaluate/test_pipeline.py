@@ -73,6 +73,21 @@ def test_fid_equals_the_hand_built_one_from_the_sets_own_captions(tmp_path, ince
     assert sorted(p.suffix for p in (reference / "fid_cache").iterdir()) == cache  # a cache hit: nothing new
 
 
+def test_evaluate_weights_loads_the_file_it_is_given(tmp_path):
+    from microdit.evaluate.pipeline import evaluate_model, evaluate_weights
+    from microdit.train.state import WEIGHTS_FILE, save_weights
+
+    reference = write_pixel_set(tmp_path / "set", rows=ROWS)
+    model = _model()
+    weights = save_weights(tmp_path / WEIGHTS_FILE, model.state_dict(), model.config.to_dict(), {"ema": False})
+    grid = tmp_path / "grid.png"
+    from_file = evaluate_weights(weights, _config(reference), grid_path=grid)
+    assert from_file["fid_7"] == pytest.approx(evaluate_model(model, _config(reference))["fid_7"], rel=1e-9)
+    assert grid.is_file()
+    with pytest.raises(ValueError):  # a lone live file has no EMA: the choice reaches the loader
+        evaluate_weights(weights, _config(reference), which="ema")
+
+
 def test_resampled_std_and_interval(tmp_path):
     from microdit.evaluate.pipeline import evaluate_model
 

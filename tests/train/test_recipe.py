@@ -199,3 +199,15 @@ def test_dry_run_cli_prints_the_prediction(capsys):
     assert out.index("predicted cost") < out.index("parameters:") < out.index("recipe:")  # the answer first
     assert main(["train", "demo", "--set", "phases[0].batch_size=33"]) == 2
     assert "phases[0].batch_size=33" in capsys.readouterr().err
+
+
+def test_flatten_for_mlflow_params_and_change_descriptions():
+    from microdit.config.overrides import describe_changes, flatten
+
+    tree = {"seed": 0, "phases": [{"lr": 1e-3, "data": {"real": "r"}}, {"lr": 5e-4}],
+            "optimizer": {"betas": [0.9, 0.999]}, "debug": {}}
+    assert flatten(tree) == {"seed": 0, "phases.0.lr": 1e-3, "phases.0.data.real": "r", "phases.1.lr": 5e-4,
+                             "optimizer.betas": [0.9, 0.999]}  # a list of scalars stays one value
+    assert flatten({"a": [[1], [2]]}, "x.") == {"x.a.0": [1], "x.a.1": [2]}
+    assert describe_changes([("phases[0].lr", 0.001, 0.0005), ("seed", 0, 1), ("name", "a", None)]) == \
+        "phases[0].lr: 0.001 -> 0.0005, seed: 0 -> 1, name: 'a' -> None"

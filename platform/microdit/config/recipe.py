@@ -90,9 +90,6 @@ class PhaseConfig(StrictModel):
         need(len(lengths) == 1, "steps/images/dollars", lengths, "give exactly one phase length")
         return self
 
-    def latent_size(self, vae_factor: int) -> int:
-        return self.resolution // vae_factor
-
     def per_worker_micro_batch(self, num_workers: int) -> int:
         return self.micro_batch or self.batch_size // max(num_workers, 1)
 
@@ -286,13 +283,3 @@ def load_recipe_dict(ref: str | dict[str, Any], overrides: list[str] | dict[str,
 
 def load_recipe(ref: str | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> RecipeConfig:
     return RecipeConfig.from_dict(load_recipe_dict(ref, overrides))
-
-
-def phase_steps_estimate(phase: PhaseConfig, images_per_second: float | None = None,
-                         dollars_per_second: float | None = None) -> int | None:
-    """Steps a phase will take when its length is in images (exact) or dollars (needs a speed)."""
-    if phase.total_steps() is not None:
-        return phase.total_steps()
-    if images_per_second and dollars_per_second:
-        return math.ceil(phase.dollars / dollars_per_second * images_per_second / phase.batch_size)
-    return None
