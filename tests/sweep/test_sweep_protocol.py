@@ -46,6 +46,39 @@ def test_finetune_in_images_and_unit_errors():
         _spec(finetune={"dollars": 30.0})
 
 
+def test_finetune_cuts_the_last_phase_and_copies_only_what_it_should():
+    """Earlier phases stay as they are; the last loses its own length (steps) for the budget's
+    remainder; the fine-tune drops the phase's masking strategy and EMA unless it sets its own."""
+    from microdit.config.sweep import Finetune
+
+    phases = [{"name": "warm", "steps": 5, "lr": 1e-3},
+              {"name": "swept", "steps": 9, "mask_ratio": 0.75, "masking": "naive", "ema_half_life_images": 500,
+               "lr": 2e-3, "warmup_steps": 3, "lr_schedule": "cosine"}]
+    cut = Finetune(images=2_500).apply(phases, "images", 10_000.0)
+    assert cut[0] == phases[0] and [p["name"] for p in cut] == ["warm", "swept", "finetune"]
+    assert "steps" not in cut[1] and cut[1]["images"] == 7_500 and isinstance(cut[1]["images"], int)
+    assert cut[1]["masking"] == "naive" and cut[1]["ema_half_life_images"] == 500  # the swept phase keeps them
+    finetune = cut[2]
+    assert "masking" not in finetune and "ema_half_life_images" not in finetune and "steps" not in finetune
+    assert (finetune["images"], finetune["mask_ratio"], finetune["lr_schedule"], finetune["warmup_steps"],
+            finetune["optimizer_state"], finetune["ema_start_images"], finetune["lr"]) == \
+        (2_500, 0.0, "constant", 0, "keep", 0, 2e-3)
+    with_ema = Finetune(dollars=1.0, ema_half_life_images=100.0, lr=5e-4, micro_batch=8).apply(phases, "dollars", 4.0)
+    assert with_ema[1]["dollars"] == 3.0 and with_ema[2]["ema_half_life_images"] == 100.0
+    assert (with_ema[2]["lr"], with_ema[2]["micro_batch"]) == (5e-4, 8)
+    with pytest.raises(ConfigError) as info:
+        _spec(finetune={"dollars": 25.0})  # the whole budget: nothing left to sweep
+    assert str(info.value) == "sweep <inline>: finetune.dollars=25.0: must be below the trial budget (25.0)"
+
+
+def test_fingerprint_ignores_the_description_and_grid_values_only_for_listed_kinds():
+    spec = _spec(description="one text")
+    assert "description" not in spec.fingerprint() and spec.fingerprint() == _spec(description="other").fingerprint()
+    sampled = _spec(space={"phases[0].lr": {"loguniform": [1e-4, 1e-3]}}, search={"algorithm": "tpe", "seed": 0},
+                    budget={"max_trials": 3, "max_concurrent": 1})
+    assert sampled.space[0].grid_values() == ()
+
+
 def test_seed_replicates():
     spec = load_sweep("mask_ratio_demo")
     assert spec.seeds == 2 and len(spec.grid()) == 5 and spec.num_trials() == 10

@@ -24,6 +24,8 @@ def test_shipped_recipes_load():
     # the official per-GPU micro-batches 256 / 64 / 64 / 16 (bf16 LayerNorms): 2048 = micro x 8 workers x accumulation
     assert [p.micro_batch for p in paper.phases] == [256, 64, 64, 16]
     assert [p.accumulation(8) for p in paper.phases] == [1, 4, 4, 16]
+    assert all(isinstance(p.accumulation(8), int) for p in paper.phases)  # a count of micro-batches
+    assert paper.phases[0].accumulation(0) == 8  # num_workers 0 (the loop in the driver): one process, 2048 / 256
     assert paper.resources.low_precision_norms is True
 
 
