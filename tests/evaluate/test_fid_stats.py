@@ -67,8 +67,24 @@ def test_save_load_round_trip_and_pytorch_fid_format(tmp_path):
     np.testing.assert_allclose(from_moments.cov, stats.cov, rtol=1e-9, atol=1e-14)
 
     np.savez(tmp_path / "bad.npz", mu=stats.mean, sigma=stats.cov)  # no count: cannot merge
-    with pytest.raises(ConfigError, match="count"):
+    with pytest.raises(ConfigError) as info:
         FeatureStats.load(tmp_path / "bad.npz")
+    assert str(info.value) == (f"feature stats '{tmp_path / 'bad.npz'}': expected keys (count, sum, outer_sum) or "
+                               "(mu, sigma, count), got ['mu', 'sigma']")
+    with pytest.raises(ConfigError) as info:
+        FeatureStats.load(tmp_path / "missing.npz")
+    assert str(info.value) == f"feature stats: no file at '{tmp_path / 'missing.npz'}'"
+
+    with np.load(tmp_path / "s.npz") as data:  # the file says what it is, in float64
+        assert sorted(data.files) == ["count", "format", "outer_sum", "sum"]
+        assert str(data["format"]) == "microdit-feature-stats-v1"
+    np.savez(tmp_path / "f32.npz", count=30, sum=stats.sum.astype(np.float32), outer_sum=stats.outer_sum.astype(np.float32))
+    as_float32 = FeatureStats.load(tmp_path / "f32.npz")
+    assert as_float32.sum.dtype == as_float32.outer_sum.dtype == np.float64  # moments always merge in float64
+    np.savez(tmp_path / "pf32.npz", mu=stats.mean.astype(np.float32), sigma=stats.cov.astype(np.float32), count=30)
+    from_float32 = FeatureStats.load(tmp_path / "pf32.npz")
+    assert from_float32.sum.dtype == from_float32.outer_sum.dtype == np.float64
+    np.testing.assert_allclose(from_float32.mean, stats.mean.astype(np.float32), rtol=0, atol=0)
 
 
 def test_frechet_matches_scipy_sqrtm_on_singular_covariances():
@@ -103,7 +119,8 @@ def test_frechet_rejects_mismatched_shapes():
 
 @pytest.mark.parametrize(
     "n, name",
-    [(1000, "fid_1k"), (10_000, "fid_10k"), (30_000, "fid_30k"), (256, "fid_256"), (1500, "fid_1500")],
+    [(1000, "fid_1k"), (10_000, "fid_10k"), (30_000, "fid_30k"), (256, "fid_256"), (1500, "fid_1500"),
+     (2, "fid_2"), (np.int64(8), "fid_8")],
 )
 def test_fid_metric_name(n, name):
     assert fid_metric_name(n) == name
@@ -111,5 +128,6 @@ def test_fid_metric_name(n, name):
 
 @pytest.mark.parametrize("bad", [0, 1, -5, 2.5, True])
 def test_fid_metric_name_rejects_bad_counts(bad):
-    with pytest.raises(ConfigError, match="num_samples"):
+    with pytest.raises(ConfigError) as info:
         fid_metric_name(bad)
+    assert str(info.value) == f"num_samples: FID needs an integer count >= 2, got {bad!r}"
