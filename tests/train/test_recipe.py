@@ -213,3 +213,45 @@ def test_flatten_for_mlflow_params_and_change_descriptions():
     assert flatten({"a": [[1], [2]]}, "x.") == {"x.a.0": [1], "x.a.1": [2]}
     assert describe_changes([("phases[0].lr", 0.001, 0.0005), ("seed", 0, 1), ("name", "a", None)]) == \
         "phases[0].lr: 0.001 -> 0.0005, seed: 0 -> 1, name: 'a' -> None"
+
+
+def test_prediction_from_an_assumed_mfu_and_for_each_kind_of_phase_length():
+    """images/s = MFU x peak x devices / FLOPs per image; a steps or images phase takes images / speed,
+    a dollars phase runs dollars / (devices x price) hours and sees that time x speed images."""
+    from microdit.config.recipe import PEAK_FLOPS
+    from microdit.model.flops import train_flops_per_image
+    from microdit.train.predict import predict
+
+    paper = load_recipe("paper")
+    model = paper.architecture()
+    for phase, row in zip(paper.phases, predict(paper, model, paper.caption_len, assume_mfu=0.4)):
+        latent = phase.resolution // 8
+        flops = train_flops_per_image(model, latent, phase.mask_ratio, paper.caption_len)
+        speed = 0.4 * PEAK_FLOPS["H100"] * 8 / flops
+        assert (row.latent, row.kept_tokens) == (latent, model.kept_tokens(latent, phase.mask_ratio))
+        assert row.train_gflops_per_image == pytest.approx(flops / 1e9, rel=1e-12)
+        assert row.images_per_s == pytest.approx(speed, rel=1e-12)
+        assert row.hours == pytest.approx(phase.steps * 2048 / speed / 3600, rel=1e-12)
+        assert row.device_hours == pytest.approx(row.hours * 8, rel=1e-12)
+        assert row.dollars == pytest.approx(row.hours * 8 * 3.79, rel=1e-12)
+
+    demo = load_recipe("demo", ["phases[0].steps=null", "phases[0].images=640", "phases[1].steps=null",
+                                "phases[1].dollars=0.01"])
+    by_images, by_dollars = predict(demo, demo.architecture(), 32, images_per_s=16.0)
+    assert (by_images.images, by_images.hours) == (640, pytest.approx(640 / 16 / 3600))
+    hours = 0.01 / (2 * 0.05)  # $0.01 on 2 CPU workers at $0.05/h each
+    assert by_dollars.hours == pytest.approx(hours) and by_dollars.images == pytest.approx(hours * 3600 * 16)
+    assert by_dollars.dollars == pytest.approx(0.01) and by_dollars.device_hours == pytest.approx(2 * hours)
+
+
+def test_prediction_errors_name_the_missing_input():
+    from microdit.train.predict import predict
+
+    paper, demo = load_recipe("paper"), load_recipe("demo")
+    with pytest.raises(ConfigError) as info:
+        predict(paper, paper.architecture(), 77)
+    assert str(info.value) == "give --assume-mfu (e.g. 0.5) or --images-per-s to predict cost"
+    with pytest.raises(ConfigError) as info:
+        predict(demo, demo.architecture(), 32, assume_mfu=0.5)
+    assert str(info.value) == ("resources.accelerator='CPU' has no peak FLOP/s (use_gpu=False); give --images-per-s "
+                               "instead of --assume-mfu")
