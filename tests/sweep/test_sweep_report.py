@@ -19,14 +19,14 @@ import pytest
 
 from microdit.errors import ConfigError
 from microdit.sweep.accounting import trial_final_metrics
-from microdit.sweep.report import build_report, compare, mark_unfinished, tune_trial_id
+from microdit.sweep.report import build_report, compare, mark_unfinished, sweep_report, tune_trial_id
+from microdit.sweep.trial import trial_params
 from microdit.tracking import (
     client,
     finish_run,
     get_or_create_run,
     log_final_metrics,
     log_params,
-    metric_key,
 )
 
 EXPERIMENT = "microdit-sweeps"
@@ -53,10 +53,11 @@ def uri(empty_store, tmp_path) -> str:
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def _parent(uri: str, name: str = SWEEP, objectives: list[str] | None = None) -> str:
+def _parent(uri: str, name: str = SWEEP, objectives: list[str] | None = None, overhead: float | None = OVERHEAD) -> str:
     """The sweep's parent run as ``run_sweep`` makes it: kind tag, overhead metric, objectives param."""
     run_id, _ = get_or_create_run(uri, EXPERIMENT, name, "sweep")
-    client(uri).log_metric(run_id, "overhead_usd", OVERHEAD, step=0)
+    if overhead is not None:
+        client(uri).log_metric(run_id, "overhead_usd", overhead, step=0)
     if objectives is not None:
         log_params(uri, run_id, {"objectives": objectives, "algorithm": "grid"})
     return run_id
@@ -65,16 +66,13 @@ def _parent(uri: str, name: str = SWEEP, objectives: list[str] | None = None) ->
 def _trial(uri: str, parent: str, trial_id: str, values: dict, *, replicate: int | None = None,
            status: str | None, mlflow_status: str, metrics: dict[str, float], step: int = 10,
            sweep: str = SWEEP) -> str:
-    """One child run: params before training (``sweep.<metric_key>`` = value label), a training-time
-    ``cost_usd`` at ``step``, ``metrics`` one step later, then the status tag and the MLflow status."""
-    from microdit.config.sweep import value_label
-
-    run_id, _ = get_or_create_run(uri, EXPERIMENT, f"{sweep}-{trial_id}", "trial", parent_run_id=parent,
+    """One child run as ``run_trial`` / ``run_training`` write it: a "train" run with the Tune trial id;
+    params before training (the recipe's own, flattened, and the swept ``trial_params``); a
+    training-time ``cost_usd`` at ``step``, ``metrics`` one step later; the status tag; the MLflow status."""
+    run_id, _ = get_or_create_run(uri, EXPERIMENT, f"{sweep}-{trial_id}", "train", parent_run_id=parent,
                                   tags={"tune.trial_id": trial_id, "microdit.sweep": sweep})
-    params = {f"sweep.{metric_key(k)}": value_label(v) for k, v in values.items()}
-    if replicate is not None:
-        params["sweep.replicate"] = replicate
-    log_params(uri, run_id, params)
+    recipe = {"model.size": "MicroDiT_Nano_4", "phases.0.lr": 0.001, "seed": replicate or 0}
+    log_params(uri, run_id, {**recipe, **trial_params(values, replicate or 0, seeds=1 if replicate is None else 2)})
     client(uri).log_metric(run_id, "cost_usd", 0.01, step=step)  # a training-time value, superseded below
     log_final_metrics(uri, run_id, metrics, step)
     if status is not None:
@@ -153,7 +151,7 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
     # keys as the spec writes them; numbers back as numbers, a bundle as its label
     assert first["phases[0].mask_ratio"] == 0.0 and isinstance(first["phases[0].mask_ratio"], float)
     assert first["variant"] == NAIVE_LABEL and first["replicate"] == 0 and report.rows[1]["replicate"] == 1
-    assert "phases.0.mask_ratio" not in first
+    assert "phases.0.mask_ratio" not in first and "model.size" not in first  # only the swept params
     assert [r["cost_usd"] for r in report.rows] == [2.0, 2.5, 1.0, 1.5, 0.375, 0.125, 0.0625, 0.5]
     assert first["final/train_usd"] == 1.75 and first["final/eval_usd"] == 0.25  # 900 s x 1 device x $1/h
 
@@ -201,9 +199,21 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
                          f"phases[0].mask_ratio=0.75, variant={DEFERRED_LABEL}")
 
 
-def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path):
+def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), original(self, *a, **k))[1])
     parent = _sweep(uri)
     report = build_report(uri, parent, [("fid_128", "min"), ("cost_usd", "min")], SWEEP, log_to_parent=True)
+    # the plot: the configurations, quality (first objective) against cost (the last)
+    (ax,) = figures[0].axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("cost_usd", "fid_128", "rep: fid_128 vs cost_usd")
+    assert ax.collections[0].get_offsets().tolist() == [[2.25, 102.0], [1.0, 105.0], [1.5, 120.0]]
+    assert [t.get_text() for t in ax.texts] == [f"mask_ratio=0, variant={NAIVE_LABEL}",
+                                                f"mask_ratio=0.75, variant={DEFERRED_LABEL}",
+                                                f"mask_ratio=0.5, variant={DEFERRED_LABEL}"]
     mlflow_client = client(uri)
     run = mlflow_client.get_run(parent)
     assert sorted(a.path for a in mlflow_client.list_artifacts(parent)) == ["pareto.png", "pareto.txt",
@@ -229,6 +239,24 @@ def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path):
     assert len(mlflow_client.get_metric_history(parent, "spent_usd")) == 2
 
 
+def test_sweep_report_marks_unfinished_trials_then_logs_the_report(uri):
+    """What ``run_sweep`` calls after ``Tuner.fit``: the still-running a0007 was stopped by Tune."""
+    import yaml
+
+    from microdit.config.shipped import SWEEPS, resolve
+    from microdit.config.sweep import load_sweep
+
+    spec = load_sweep({**yaml.safe_load(resolve("quickstart", SWEEPS).read_text()), "name": SWEEP})
+    parent = _sweep(uri)
+    report = sweep_report(spec, uri, parent, [Result(metrics={"trial_id": "a0007", "loss": 1.0})], "unused")
+    assert (report.finished, report.stopped_early, report.failed, report.spent_usd) == (4, 2, 1, SPENT)
+    assert report.rows[6]["status"] == "stopped_early" and report.front == [0, 1]
+    assert report.text.splitlines()[0].startswith("sweep rep: 8 trials — 4 finished, 2 stopped early, 1 failed;")
+    mlflow_client = client(uri)
+    assert len(mlflow_client.list_artifacts(parent)) == 3
+    assert mlflow_client.get_run(parent).data.metrics["trials_finished"] == 4
+
+
 def test_compare_refuses_unknown_names_and_non_sweeps(uri):
     _sweep(uri)
     with pytest.raises(ConfigError) as err:
@@ -236,15 +264,18 @@ def test_compare_refuses_unknown_names_and_non_sweeps(uri):
     assert str(err.value) == f"no sweep named 'nope' in MLflow experiment 'microdit-sweeps' at {uri}"
     with pytest.raises(ConfigError) as err:
         compare("rep-a0001", uri)
-    assert str(err.value) == "MLflow run 'rep-a0001' is not a sweep (kind 'trial')"
+    assert str(err.value) == "MLflow run 'rep-a0001' is not a sweep (kind 'train')"
 
 
-def test_compare_defaults_to_fid_and_cost_and_takes_explicit_objectives(uri):
-    """A parent without an ``objectives`` param: ``fid`` and ``cost_usd``, both min. Explicit
+def test_compare_an_older_sweep_with_default_objectives_or_given_ones(uri):
+    """An older sweep: no ``objectives`` param (then ``fid`` and ``cost_usd``, both min), no
+    overhead metric, children without the run-name tag (named by MLflow's run name). Explicit
     objectives override; one objective draws no plot; ``max`` picks the largest."""
-    parent = _parent(uri, "old")  # no objectives param
+    parent = _parent(uri, "old", overhead=None)
+    experiment = client(uri).get_run(parent).info.experiment_id
     for trial_id, fid, train_usd in (("b0001", 60.0, 0.75), ("b0002", 50.0, 1.75)):
-        run_id, _ = get_or_create_run(uri, EXPERIMENT, f"old-{trial_id}", "trial", parent_run_id=parent)
+        run_id = client(uri).create_run(experiment, run_name=f"old-{trial_id}",
+                                        tags={"mlflow.parentRunId": parent}).info.run_id
         log_params(uri, run_id, {"sweep.model.mixer_depth": 1 if fid == 60.0 else 2})
         metrics = trial_final_metrics({"cost_usd": train_usd, "gpu_hours": 1.0, "images_seen": 100 * fid,
                                        "global_step": 10}, {"fid": fid}, 1.0, 1)
@@ -252,8 +283,13 @@ def test_compare_defaults_to_fid_and_cost_and_takes_explicit_objectives(uri):
         finish_run(uri, run_id)
     report = compare("old", uri)
     assert report.text.splitlines()[0] == ("sweep old: 2 trials — 2 finished, 0 stopped early, 0 failed; "
-                                           "spent $3.00 = trials $2.50 + shared overhead $0.5 (data, FID "
+                                           "spent $2.50 = trials $2.50 + shared overhead $0 (data, FID "
                                            "reference statistics)")
+    assert [r["trial"] for r in report.rows] == ["old-b0001", "old-b0002"]
+    # no replicates, no FID std: the trial table has neither column
+    lines = report.text.splitlines()
+    assert lines[lines.index("all trials:") + 1].split() == ["trial", "status", "model.mixer_depth", "fid", "cost_usd",
+                                                    "final/train_usd", "final/eval_usd", "images_seen"]
     assert "Pareto front (fid [min] vs cost_usd [min]):" in report.text
     assert report.front == [0, 1] and [c["model.mixer_depth"] for c in report.configs] == [1, 2]
     # FID 60 vs 50 with no std: only exact ties are within noise
@@ -308,7 +344,8 @@ def test_mark_unfinished_tags_and_terminates_stopped_and_failed_trials(uri):
         Result(metrics={}, error=RuntimeError("boom"),  # errored before any report: id from its folder
                path="/r/sweeps/rep/tune/run_trial_d0003_00002_2_x0=1_2026-01-01_00-00-00"),
         Result(metrics={"trial_id": "d0004", "budget_done": 1.0}, error=RuntimeError("late")),  # failed after it
-        Result(metrics={"trial_id": "d0005"}),  # stopped; its run already ended FINISHED: status kept
+        Result(metrics=None, path="/r/sweeps/rep/tune/run_trial_d0005_00004_4_x0=1_2026-01-01_00-00-00"),
+        # ^ stopped, nothing reported; its run already ended FINISHED: that status is kept
         Result(metrics={"trial_id": "eeeee"}),  # no MLflow run: skipped
     ]
     mark_unfinished(uri, parent, results)

@@ -17,7 +17,7 @@ from microdit.sweep.search import (
     param_name,
     study_storage,
 )
-from microdit.sweep.trial import trial_values
+from microdit.sweep.trial import trial_params, trial_values
 
 NAIVE = {"model.masking": "naive", "model.mixer_depth": 0}
 DEFERRED = {"model.masking": "deferred", "model.mixer_depth": 2}
@@ -179,3 +179,11 @@ def test_budget_guard_tolerates_rounding_at_the_budget():
     # the tolerance is 1e-12: a commitment of exactly budget + 1e-12 starts, one just above it does not
     assert BudgetGuard(ListSearcher([{"x0": 0}]), 1.0, 1.0 + 1e-12).suggest("a") == {"x0": 0}
     assert BudgetGuard(ListSearcher([{"x0": 0}]), 1.0, 1.0 + 1e-11).suggest("a") == Searcher.FINISHED
+
+
+def test_trial_params_name_swept_values_as_mlflow_allows():
+    values = {"phases[0].mask_ratio": 0.75, "variant": {"model.masking": "naive", "phases[1].lr": 1e-4}}
+    assert trial_params(values, replicate=0, seeds=1) == {
+        "sweep.phases.0.mask_ratio": 0.75, "sweep.variant": "model.masking=naive,phases[1].lr=0.0001"}
+    assert trial_params(values, replicate=1, seeds=2)["sweep.replicate"] == 1  # several seeds: which one
+    assert trial_params({}, replicate=0, seeds=2) == {"sweep.replicate": 0}

@@ -17,6 +17,7 @@ from microdit.config.recipe import RecipeConfig, deviation_from_official
 from microdit.config.sweep import load_sweep, value_label
 from microdit.sweep.accounting import trial_final_metrics
 from microdit.sweep.search import REPLICATE, param_name
+from microdit.tracking import metric_key
 
 
 def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +31,16 @@ def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def trial_params(values: dict[str, Any], replicate: int, seeds: int) -> dict[str, Any]:
+    """The trial's swept values as MLflow params, ``sweep.<key>`` (``phases.0.mask_ratio``: MLflow
+    names), a bundle as its label, and ``sweep.replicate`` when the spec has several seeds: the
+    report reads them back (``spec_key``) as the spec writes them."""
+    params = {f"sweep.{metric_key(k)}": value_label(v) for k, v in values.items()}
+    if seeds > 1:
+        params["sweep.replicate"] = replicate
+    return params
+
+
 def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -37,7 +48,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from microdit.evaluate.on_workers import evaluate_on_workers
     from microdit.evaluate.pipeline import EvaluationConfig
     from microdit.sweep.runner import trial_needs_evaluation
-    from microdit.tracking import client, finish_run, log_final_metrics, metric_key
+    from microdit.tracking import client, finish_run, log_final_metrics
     from microdit.train.trainer import run_training
 
     configure_worker()
@@ -52,9 +63,7 @@ def run_trial(config: dict[str, Any]) -> None:
     recipe_dict["tracking"].update({"experiment": spec.experiment, "mlflow_uri": config["mlflow_uri"],
                                     "storage_path": config["train_storage"]})
     recipe = RecipeConfig.from_dict(recipe_dict)
-    params = {f"sweep.{metric_key(k)}": value_label(v) for k, v in values.items()}  # logged before training:
-    if spec.seeds > 1:                                                          # a failed trial keeps them
-        params["sweep.replicate"] = replicate
+    params = trial_params(values, replicate, spec.seeds)  # logged before training: a failed trial keeps them
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],
                            mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name}, log_final=False,
                            mlflow_params=params)
