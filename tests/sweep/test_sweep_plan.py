@@ -155,3 +155,15 @@ def test_trial_cost_on_gpus_assumes_half_the_peak():
     assert hours == pytest.approx(seconds / 3600, rel=1e-12)
     assert dollars == pytest.approx(seconds / 3600 * H100_PRICE, rel=1e-12)
     assert _cost(spec, images_per_s=40.0) == pytest.approx((400 / 3600 * H100_PRICE, 400 / 3600), rel=1e-12)
+
+
+def test_a_single_configuration_grid_and_a_large_sampled_space():
+    one = format_plan(_quickstart(space={"model.mixer_depth": {"grid": [1]}})).splitlines()
+    assert one[0] == "trials: 1; predicted total: $0.0111" and len(one) == 2 + 2 + 1 + 1
+    # 2^7 = 128 corners: the plan lists the first 64
+    space = {key: {"choice": [low, high]} for key, low, high in (
+        ("phases[0].mask_ratio", 0.0, 0.5), ("phases[0].lr", 1e-3, 2e-3), ("phases[1].lr", 1e-4, 2e-4),
+        ("data.synthetic_fraction", 0.0, 0.2), ("phases[0].warmup_steps", 10, 20), ("phases[0].grad_clip", 1.0, 2.0),
+        ("phases[0].p_mean", -0.6, -0.4))}
+    lines = format_plan(_quickstart(space=space, search={"algorithm": "random"})).splitlines()
+    assert len(lines) == 2 + 2 + 64 + 1 and lines[-2].split()[0] == "63"

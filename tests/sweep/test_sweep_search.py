@@ -187,3 +187,19 @@ def test_trial_params_name_swept_values_as_mlflow_allows():
         "sweep.phases.0.mask_ratio": 0.75, "sweep.variant": "model.masking=naive,phases[1].lr=0.0001"}
     assert trial_params(values, replicate=1, seeds=2)["sweep.replicate"] == 1  # several seeds: which one
     assert trial_params({}, replicate=0, seeds=2) == {"sweep.replicate": 0}
+
+
+def test_budget_guard_state_is_a_snapshot_that_restores_every_field():
+    guard = BudgetGuard(ListSearcher([{"x0": i} for i in range(4)]), budget_dollars=1.9, trial_dollars=0.75)
+    guard.suggest("a")
+    guard.suggest("b")
+    guard.on_trial_complete("a", {"cost_usd": 0.5})
+    assert guard.suggest("c") is None  # 0.5 spent + 2 x 0.75 committed > 1.9: wait for b
+    state = guard.get_state()
+    guard.on_trial_complete("b", {"cost_usd": 0.25})
+    assert state == {"spent": 0.5, "running": {"b"}, "refused": 1, "budget": 1.9, "trial_dollars": 0.75}
+    fresh = BudgetGuard(ListSearcher([]), budget_dollars=None, trial_dollars=0.0)
+    fresh.set_state(state)
+    assert (fresh.spent, fresh.running, fresh.refused, fresh.budget, fresh.trial_dollars) == (0.5, {"b"}, 1, 1.9, 0.75)
+    state["running"].add("z")
+    assert fresh.running == {"b"}  # restored as its own set
