@@ -205,9 +205,39 @@ def test_bundle_parameters_apply_several_keys():
     assert recipe["model"]["masking"] == "naive" and recipe["model"]["mixer_depth"] == 0
 
 
-@pytest.mark.parametrize("name", ["quickstart", "mask_ratio", "patch_mixer", "synthetic_mix", "moe", "paper"])
-def test_shipped_specs_validate(name):
+# (algorithm, trials, per-trial budget) as each file states them: grids are the product of their
+# value lists (x seeds), sampled searches their max_trials.
+SHIPPED = {
+    "quickstart": ("grid", 2 * 2, ("max_images", 16_000)),
+    "mask_ratio": ("grid", 9, ("max_dollars", 25.0)),
+    "mask_ratio_demo": ("grid", 5 * 2, ("max_dollars", 0.0025)),
+    "patch_mixer": ("nsga2", 12, ("max_dollars", 20.0)),
+    "synthetic_mix": ("tpe", 10, ("max_images", 20_000_000)),
+    "moe": ("grid", 2 * 3 * 2, ("max_dollars", 20.0)),
+    "paper": ("grid", 2 ** 4, ("max_dollars", 45.48)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_specs_have_their_trials_and_every_trial_recipe_its_budget_and_values(name):
+    """Every trial of a shipped spec trains under the spec's per-trial budget (an iso-cost sweep
+    that silently lost its budget would stop being one) with its swept values, bundles included."""
+    from microdit.config.recipe import RecipeConfig
+
     spec = load_sweep(name)
-    assert spec.num_trials() >= 2
-    if name == "mask_ratio":  # the iso-cost question: every trial gets the same dollars
-        assert spec.trial_dollars is not None and spec.num_trials() == 9
+    algorithm, trials, (budget_key, budget) = SHIPPED[name]
+    assert (spec.algorithm, spec.num_trials()) == (algorithm, trials)
+    other = "max_images" if budget_key == "max_dollars" else "max_dollars"
+    combos = spec.grid() if spec.is_grid else [
+        {p.key: p.values[0] if p.kind in ("grid", "choice") else p.values[1] for p in spec.space}]
+    for i, values in enumerate(combos):
+        recipe = spec.trial_recipe(values, f"t{i}")
+        assert recipe[budget_key] == budget and recipe.get(other) is None
+        for key, value in values.items():
+            for path, expected in (value.items() if isinstance(value, dict) else [(key, value)]):
+                assert get_path(recipe, path) == expected, (name, path)
+        RecipeConfig.from_dict(recipe)  # and the result is a valid recipe
+    if spec.finetune is not None:  # the fine-tune is cut from the budget, not added to it
+        phases = RecipeConfig.from_dict(spec.trial_recipe(combos[0], "t")).phases
+        unit = "dollars" if budget_key == "max_dollars" else "images"
+        assert sum(getattr(p, unit) for p in phases[-2:]) == pytest.approx(budget)
