@@ -53,3 +53,12 @@ def test_round_trip_through_a_dict():
     cfg = model_config("MicroDiT_XL_2", caption_dim=384)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert ModelConfig.from_dict({**cfg.to_dict(), "qkv_ratio_range": [0.5, 1.0]}) == cfg  # YAML lists
+
+
+def test_token_counts_are_integers_of_whole_patches():
+    from microdit.model.sizes import model_config
+
+    cfg = model_config("MicroDiT_XL_2")  # patch 2
+    assert cfg.num_tokens(32) == 256 and isinstance(cfg.num_tokens(32), int) and cfg.num_tokens(64) == 1024
+    assert cfg.kept_tokens(32, 0.0) == 256 and cfg.kept_tokens(32, 0.75) == 64 and cfg.kept_tokens(32, 0.5) == 128
+    assert cfg.kept_tokens(64, 0.75) == 256 and cfg.kept_tokens(32, 0.7) == int(256 * 0.3)  # floor, as the model drops

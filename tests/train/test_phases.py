@@ -120,6 +120,16 @@ def test_phase_start_decisions():
     assert recipe.phase_data(2).synthetic_fraction == 0.0 and recipe.phase_data(1).synthetic_fraction == 0.3
     assert (produced_weights_source(0), produced_weights_source(3)) == ("live", "ema")
 
+    # Phase 0 has no previous phase: a reset there means nothing to reset, and its stream position
+    # is its own even when the last phase (index -1) streams another mix. Phase 1 can reset.
+    swapped = _three_phases(phases=[p.to_dict() for p in reversed(recipe.phases)])  # reset first, then keep
+    assert swapped.phases[0].optimizer_state == "reset" and phase_start_actions(swapped, 0, 0).reset_optimizer_state is False
+    assert swapped.phase_data(0) != swapped.phase_data(2)
+    assert data_position_for_phase(swapped, 0, 0, positions, 0) == {"rank": 0}
+    assert data_position_for_phase(swapped, 1, 0, positions, 0) is None  # real-only -> mixed: fresh
+    second = _three_phases(phases=[recipe.phases[0].to_dict(), recipe.phases[2].to_dict()])
+    assert phase_start_actions(second, 1, 0).reset_optimizer_state is True
+
 
 def test_paper_recipe_matches_the_official_transitions():
     paper = load_recipe("paper")

@@ -196,6 +196,11 @@ def test_dry_run_cli_prints_the_prediction(capsys):
     assert main(["train", "paper", "--dry-run", "--images-per-s", str(PAPER_IMAGES_PER_S)]) == 0
     out = capsys.readouterr().out
     assert "p1-256-masked" in out and "8 x H100 at $3.79/h per device" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("phase "))
+    assert lines[header].split() == ["phase", "latent", "tokens", "GFLOP/img", "images", "img/s", "wall_hours",
+                                     "device_hours", "cost"]
+    assert lines[header + 1] == "-" * len(lines[header])
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split() == ["total", "686,080,000", "62.69", "501.52", "$1,900.76"]
     assert out.index("predicted cost") < out.index("parameters:") < out.index("recipe:")  # the answer first
@@ -224,9 +229,10 @@ def test_prediction_from_an_assumed_mfu_and_for_each_kind_of_phase_length():
 
     paper = load_recipe("paper")
     model = paper.architecture()
-    for phase, row in zip(paper.phases, predict(paper, model, paper.caption_len, assume_mfu=0.4)):
+    for phase, row in zip(paper.phases, predict(paper, model, 64, assume_mfu=0.4)):  # 64-token captions
         latent = phase.resolution // 8
-        flops = train_flops_per_image(model, latent, phase.mask_ratio, paper.caption_len)
+        flops = train_flops_per_image(model, latent, phase.mask_ratio, 64)
+        assert isinstance(row.latent, int) and isinstance(row.kept_tokens, int)
         speed = 0.4 * PEAK_FLOPS["H100"] * 8 / flops
         assert (row.latent, row.kept_tokens) == (latent, model.kept_tokens(latent, phase.mask_ratio))
         assert row.train_gflops_per_image == pytest.approx(flops / 1e9, rel=1e-12)
@@ -255,3 +261,14 @@ def test_prediction_errors_name_the_missing_input():
         predict(demo, demo.architecture(), 32, assume_mfu=0.5)
     assert str(info.value) == ("resources.accelerator='CPU' has no peak FLOP/s (use_gpu=False); give --images-per-s "
                                "instead of --assume-mfu")
+
+
+def test_shipped_names_are_the_yaml_files_in_the_package():
+    from importlib.resources import files
+
+    from microdit.config.shipped import RECIPES, SWEEPS, shipped_names
+
+    assert shipped_names(RECIPES) == ["ablation", "demo", "paper"]
+    on_disk = sorted(p.name[:-5] for p in (files("microdit") / SWEEPS).iterdir() if p.name.endswith(".yaml"))
+    assert shipped_names(SWEEPS) == on_disk and "quickstart" in on_disk and len(on_disk) == 7
+    assert shipped_names("no_such_folder") == []
