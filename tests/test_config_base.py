@@ -15,8 +15,13 @@ class Leaf(StrictModel):
     name: str
 
 
+class Holder(StrictModel):
+    inner: Leaf
+
+
 class Mid(StrictModel):
     leaves: list[Leaf] = []
+    holders: list[Holder] = []
     optional: Leaf | None = None
     table: dict[str, int] = {}
     named: dict[str, Leaf] = {}
@@ -32,6 +37,12 @@ class Top(StrictModel):
     mid: Mid = Mid()
     tag: str = "x"
 
+    @model_validator(mode="after")
+    def _no_boom(self) -> Top:
+        if self.tag == "boom":
+            raise ValueError("tag 'boom' is reserved")  # a rule about the whole config, not one field
+        return self
+
 
 class BadDefault(StrictModel):
     count: int = "many"  # a default that does not validate: reported without a value from the data
@@ -41,7 +52,15 @@ class BadDefault(StrictModel):
     ({"mid": {"leaves": [{"name": "a", "lrr": 1}]}}, "top.mid.leaves[0].lrr: unknown key; allowed: lr, name"),
     ({"mid": {"optional": {"name": "a", "bad": 1}}}, "top.mid.optional.bad: unknown key; allowed: lr, name"),
     ({"mid": {"named": {"k": {"name": "a", "zz": 1}}}}, "top.mid.named.k.zz: unknown key; check the spelling"),
-    ({"mid": {"nope": 2}}, "top.mid.nope: unknown key; allowed: leaves, named, optional, size, table"),
+    ({"mid": {"nope": 2}}, "top.mid.nope: unknown key; allowed: holders, leaves, named, optional, size, table"),
+    ({"mid": {"holders": [{"inner": {"name": "a", "zz": 1}}]}},
+     "top.mid.holders[0].inner.zz: unknown key; allowed: lr, name"),  # past a list index, into the next model
+    ({"mid": {"nope": 1, "size": "abc"}}, "top.mid.size='abc': Input should be a valid integer, unable to parse "
+                                          "string as an integer; top.mid.nope: unknown key; allowed: holders, leaves, "
+                                          "named, optional, size, table"),
+    ({"mid": {"leaves": [{"lr": "x"}]}}, "top.mid.leaves[0].lr='x': Input should be a valid number, unable to parse "
+                                         "string as a number; top.mid.leaves[0].name: missing (required)"),
+    ({"tag": "boom"}, "top: tag 'boom' is reserved"),
     ({"nope": 1}, "top.nope: unknown key; allowed: mid, tag"),
     ({"mid": {"table": {"a": "x"}}}, "top.mid.table.a='x': Input should be a valid integer, unable to parse string "
                                      "as an integer"),
@@ -63,9 +82,18 @@ def test_errors_name_the_dotted_path_the_value_and_what_is_allowed(data, message
 
 
 def test_without_a_prefix_and_for_values_not_in_the_data():
+    from microdit.config.base import FieldError
+
     with pytest.raises(ConfigError) as info:
         validate_config(Top, {"tag": 3})
     assert str(info.value) == "tag=3: Input should be a valid string"
+    with pytest.raises(ConfigError) as info:
+        Top.from_dict({"mid": {"nope": 1}})  # from_dict: no prefix unless given
+    assert str(info.value).startswith("mid.nope: unknown key; allowed: ")
+    with pytest.raises(ConfigError) as info:
+        Top.from_dict({"tag": "boom"})
+    assert str(info.value) == "config: tag 'boom' is reserved"
+    assert str(FieldError("phases[0].lr", 0.5, "too high")) == "phases[0].lr=0.5: too high"
     with pytest.raises(ConfigError) as info:
         validate_config(BadDefault, {})  # the default is checked too, and has no value in the data
     assert str(info.value) == "count: Input should be a valid integer, unable to parse string as an integer"
@@ -91,3 +119,17 @@ def test_valid_data_round_trips_and_assignment_is_checked():
 ])
 def test_dotted_paths(loc, prefix, text):
     assert dotted(loc, prefix) == text
+
+
+def test_config_changes_name_every_difference():
+    from microdit.config.overrides import ABSENT, config_changes
+
+    old = {"seed": 0, "phases": [{"lr": 1e-3, "steps": 5}], "model": {"size": "a"}, "gone": 1}
+    new = {"seed": 1, "phases": [{"lr": 5e-4, "steps": 5}], "model": {"size": "a"}, "added": 2}
+    assert config_changes(old, new) == [("seed", 0, 1), ("phases[0].lr", 1e-3, 5e-4), ("gone", 1, ABSENT),
+                                        ("added", ABSENT, 2)]
+    assert config_changes(1, 2) == [("config", 1, 2)]  # whole configs that are not mappings
+    whole_phases = config_changes(old, new, whole=lambda path: path == ("phases",))
+    assert ("phases", old["phases"], new["phases"]) in whole_phases
+    nested_whole = config_changes({"a": [{"b": [1]}]}, {"a": [{"b": [2]}]}, whole=lambda path: path == ("a", 0, "b"))
+    assert nested_whole == [("a[0].b", [1], [2])]  # ``whole`` is passed down through lists too

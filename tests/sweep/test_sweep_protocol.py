@@ -63,6 +63,9 @@ def test_finetune_cuts_the_last_phase_and_copies_only_what_it_should():
     assert (finetune["images"], finetune["mask_ratio"], finetune["lr_schedule"], finetune["warmup_steps"],
             finetune["optimizer_state"], finetune["ema_start_images"], finetune["lr"]) == \
         (2_500, 0.0, "constant", 0, "keep", 0, 2e-3)
+    by_images = [{**phases[1], "steps": None, "images": 900}]  # a last phase given in images, budget in dollars
+    with_ema = Finetune(dollars=1.0, ema_half_life_images=100.0, lr=5e-4, micro_batch=8).apply(by_images, "dollars", 4.0)
+    assert "images" not in with_ema[0] and "images" not in with_ema[1]  # one length per phase: the budget's
     with_ema = Finetune(dollars=1.0, ema_half_life_images=100.0, lr=5e-4, micro_batch=8).apply(phases, "dollars", 4.0)
     assert with_ema[1]["dollars"] == 3.0 and with_ema[2]["ema_half_life_images"] == 100.0
     assert (with_ema[2]["lr"], with_ema[2]["micro_batch"]) == (5e-4, 8)
@@ -74,6 +77,7 @@ def test_finetune_cuts_the_last_phase_and_copies_only_what_it_should():
 def test_fingerprint_ignores_the_description_and_grid_values_only_for_listed_kinds():
     spec = _spec(description="one text")
     assert "description" not in spec.fingerprint() and spec.fingerprint() == _spec(description="other").fingerprint()
+    assert _spec().fingerprint() == spec.fingerprint()  # a spec without a description has the same fingerprint
     sampled = _spec(space={"phases[0].lr": {"loguniform": [1e-4, 1e-3]}}, search={"algorithm": "tpe", "seed": 0},
                     budget={"max_trials": 3, "max_concurrent": 1})
     assert sampled.space[0].grid_values() == ()

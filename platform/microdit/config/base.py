@@ -93,7 +93,7 @@ def format_errors(err: ValidationError, data: Any, where: str = "") -> str:
         if item["type"] == "missing":
             lines.append(f"{path}: missing (required)")
             continue
-        found, value = _lookup(data, loc)
+        found, value = _lookup(data, loc) if loc else (False, None)  # a rule on the whole config: no value dump
         lines.append(f"{path}={value!r}: {msg}" if found else f"{path}: {msg}")
     return "; ".join(dict.fromkeys(lines))
 
