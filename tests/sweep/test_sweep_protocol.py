@@ -95,6 +95,29 @@ def test_seed_replicates():
     with pytest.raises(ConfigError, match="seeds=2: replicates need search.algorithm: grid"):
         _spec(seeds=2, search={"algorithm": "tpe"}, space={"phases[0].mask_ratio": {"choice": [0.5, 0.75]}})
 
+    data = yaml.safe_load(resolve("mask_ratio_demo", SWEEPS).read_text())
+    data["overrides"] = {**data.get("overrides", {}), "seed": 5, "data.seed": 7}
+    seeded = load_sweep(data)
+    values = seeded.grid()[0]
+    assert (seeded.trial_recipe(values, "t")["seed"], seeded.trial_recipe(values, "t")["data"]["seed"]) == (5, 7)
+    third = seeded.trial_recipe(values, "t", 2)  # replicate 2: both seeds move by 2, the rest of data stays
+    assert (third["seed"], third["data"]["seed"]) == (7, 9)
+    assert {k: v for k, v in third["data"].items() if k != "seed"} == \
+        {k: v for k, v in seeded.trial_recipe(values, "t")["data"].items() if k != "seed"}
+
+
+def test_sweep_space_rules_name_the_key():
+    with pytest.raises(ConfigError) as info:
+        _spec(space={"phases[0].lr": {"uniform": [1e-3, 1e-3]}}, search={"algorithm": "tpe", "seed": 0})
+    assert "space.phases[0].lr" in str(info.value) and "[0.001, 0.001]" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        _spec(space={"phases[0].lr": {"uniform": [1e-3, 1e-2], "choice": [1]}})
+    assert str(info.value).startswith("sweep <inline>: space.phases[0].lr={'uniform': [0.001, 0.01], 'choice': [1]}: "
+                                      "must be one mapping like {choice: [...]}; kinds: ")
+    with pytest.raises(ConfigError) as info:
+        _spec(space={"phases[0].lr": [1e-3]})
+    assert "space.phases[0].lr=[0.001]: must be one mapping like {choice: [...]}" in str(info.value)
+
 
 def test_trial_final_metrics_add_up():
     train = {"cost_usd": 1.5, "gpu_hours": 0.4, "images_seen": 2400, "global_step": 75}

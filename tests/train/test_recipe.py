@@ -272,3 +272,32 @@ def test_shipped_names_are_the_yaml_files_in_the_package():
     on_disk = sorted(p.name[:-5] for p in (files("microdit") / SWEEPS).iterdir() if p.name.endswith(".yaml"))
     assert shipped_names(SWEEPS) == on_disk and "quickstart" in on_disk and len(on_disk) == 7
     assert shipped_names("no_such_folder") == []
+
+
+def test_recipe_helpers_and_their_messages():
+    from microdit.config.overrides import get_path, set_path
+    from microdit.config.recipe import PhaseConfig, deviation_from_official
+
+    assert deviation_from_official(30, 5.0) is None
+    assert deviation_from_official(30, 3.0) == "30 Heun steps, guidance 3 (official monitoring: 30 / 5)"
+    assert deviation_from_official(12, 5.0) == "12 Heun steps, guidance 5 (official monitoring: 30 / 5)"
+    phase = PhaseConfig(steps=1, batch_size=64)
+    assert [phase.per_worker_micro_batch(w) for w in (0, 1, 2, 8)] == [64, 64, 32, 8]  # no micro_batch: the share
+    assert PhaseConfig(steps=1, batch_size=64, micro_batch=16).per_worker_micro_batch(2) == 16
+
+    tree = {"phases": [{"lr": 1.0}, {"lr": 2.0}], "seed": 0}
+    set_path(tree, "phases[1].lr", 3.0)
+    assert tree["phases"][1]["lr"] == 3.0 and get_path(tree, "phases[1].lr") == 3.0
+    for path, message in [("phases[2].lr", "key 'phases[2].lr': index [2] out of range at phases.2 (2)"),
+                          ("seed[0]", "key 'seed[0]': index [0] out of range at seed.0 (not a list)"),
+                          ("seed.x", "key 'seed.x': seed.x is not a mapping")]:
+        with pytest.raises(ConfigError) as info:
+            set_path(tree, path, 1)
+        assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
+        get_path(tree, "phases[0].lrr")
+    assert str(info.value) == "key 'phases[0].lrr' does not exist in the recipe"
+
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", {"model": {}})
+    assert str(info.value) == "model.size=None: missing; name a registered size, e.g. MicroDiT_Nano_2"

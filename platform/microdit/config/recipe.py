@@ -250,9 +250,7 @@ class RecipeConfig(StrictModel):
         from microdit.model.sizes import model_config
 
         spec = dict(self.model)
-        if "size" not in spec:
-            raise ConfigError("model.size: missing; name a registered size, e.g. MicroDiT_Nano_2")
-        size = spec.pop("size")
+        size = spec.pop("size")  # present: the recipe's validator requires it
         spec.update(extra)
         return model_config(size, **spec)
 
