@@ -54,6 +54,16 @@ def test_merge_of_parts_equals_one_shot():
         streamed.update(f[i : i + 7])
     np.testing.assert_allclose(streamed.mean, one_shot.mean, rtol=1e-13)
 
+    narrow = [FeatureStats.from_features(features(5, 64, seed=s)) for s in (1, 2)]
+    assert FeatureStats.merge_all(narrow).dim == 64 and FeatureStats.merge_all(narrow).count == 10  # width of the parts
+    assert FeatureStats.merge_all(narrow[:1]).count == 5  # one part is a valid merge
+    with pytest.raises(ConfigError) as info:
+        FeatureStats.merge_all([])
+    assert str(info.value) == "merge_all: got no partial statistics to merge"
+    with pytest.raises(ConfigError) as info:
+        one_shot.merge(narrow[0])
+    assert str(info.value) == "cannot merge feature stats of width 2048 and 64"
+
 
 def test_save_load_round_trip_and_pytorch_fid_format(tmp_path):
     stats = FeatureStats.from_features(features(30, 64, seed=2))
