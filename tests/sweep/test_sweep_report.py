@@ -198,6 +198,16 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
     assert lines[-1] == ("within noise of the best fid_128 (|difference| <= 2 x combined std): "
                          f"phases[0].mask_ratio=0.75, variant={DEFERRED_LABEL}")
 
+    # every finished trial saw 16,000 images (a0008 counts here: it has this objective): the first
+    # configuration is best, the others tie with it (listed, in order)
+    seen = compare(SWEEP, uri, objectives=[("images_seen", "max")])
+    assert (seen.finished, [c["vs_best"] for c in seen.configs]) == (5, ["best"] + ["within noise"] * 3)
+    assert seen.text.splitlines()[-1] == ("within noise of the best images_seen (|difference| <= 2 x combined std): "
+                                          f"phases[0].mask_ratio=0.75, variant={DEFERRED_LABEL}; "
+                                          f"phases[0].mask_ratio=0.5, variant={DEFERRED_LABEL}; "
+                                          f"phases[0].mask_ratio=0.25, variant={DEFERRED_LABEL}")
+    assert _parent_record(uri, parent) == before
+
 
 def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
@@ -237,6 +247,18 @@ def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path, monkeypatch):
     again = compare(SWEEP, uri, write=True)
     assert again.text == report.text
     assert len(mlflow_client.get_metric_history(parent, "spent_usd")) == 2
+
+    # three objectives: the plot is still the first (quality) against the last (cost)
+    compare(SWEEP, uri, objectives=[("fid_128", "min"), ("images_seen", "max"), ("cost_usd", "min")], write=True)
+    (ax,) = figures[-1].axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("cost_usd", "fid_128", "rep: fid_128 vs cost_usd")
+
+
+def test_table_cells_are_kept_as_numbers_or_text():
+    from microdit.sweep.report import _cell
+
+    assert [_cell(1), _cell(2.5), _cell("a"), _cell(None)] == [1, 2.5, "a", None]
+    assert _cell([1, 2]) == "[1, 2]" and _cell({"a": 1}) == "{'a': 1}"  # anything else as text
 
 
 def test_sweep_report_marks_unfinished_trials_then_logs_the_report(uri):
