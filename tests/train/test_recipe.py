@@ -297,6 +297,24 @@ def test_recipe_helpers_and_their_messages():
     with pytest.raises(ConfigError) as info:
         get_path(tree, "phases[0].lrr")
     assert str(info.value) == "key 'phases[0].lrr' does not exist in the recipe"
+    with pytest.raises(ConfigError) as info:
+        set_path(tree, "phases[0].lrr", 1, create=False)
+    assert str(info.value) == "key 'phases[0].lrr': unknown key 'lrr'; known: ['lr']"
+    with pytest.raises(ConfigError) as info:
+        set_path(tree, "model.size", "x", create=False)
+    assert str(info.value) == "key 'model.size': unknown key 'model'; known: ['phases', 'seed']"
+    set_path(tree, "model.size", "x")  # create: intermediate mappings are made
+    assert tree["model"] == {"size": "x"}
+
+    from microdit.config.overrides import apply_overrides, parse_path
+
+    assert parse_path("phases[0].mask_ratio") == ["phases", 0, "mask_ratio"]
+    for bad in ("", "phases..lr", "phases[x]", "a[0"):
+        with pytest.raises(ConfigError) as info:
+            parse_path(bad)
+        assert str(info.value) == f"bad key path {bad!r}: use dots and [index], e.g. phases[0].mask_ratio"
+    assert apply_overrides({"name": "a"}, ["name=x=y"]) == {"name": "x=y"}  # the first '=' splits key and value
+    assert apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]"]) == {"a": {"b": 2, "c": [1, 2]}}
 
     with pytest.raises(ConfigError) as info:
         load_recipe("demo", {"model": {}})
