@@ -167,3 +167,18 @@ def test_a_single_configuration_grid_and_a_large_sampled_space():
         ("phases[0].p_mean", -0.6, -0.4))}
     lines = format_plan(_quickstart(space=space, search={"algorithm": "random"})).splitlines()
     assert len(lines) == 2 + 2 + 64 + 1 and lines[-2].split()[0] == "63"
+
+
+def test_grid_total_sums_its_trials_and_a_given_speed_is_used():
+    """A grid whose trials differ: 400 steps ($0.006667) and 800 steps ($0.01111) sum to $0.01778."""
+    spec = _quickstart(space={"phases[0].steps": {"grid": [400, 800]}})
+    assert format_plan(spec).splitlines()[0] == "trials: 2; predicted total: $0.0178"
+    # at 64 images/s: 16,000 images = 250 s = 0.06944 h, x $0.05 = $0.003472
+    lines = format_plan(load_sweep("quickstart"), images_per_s=64.0).splitlines()
+    assert lines[0] == "trials: 4; predicted total: $0.0139"
+    assert lines[4].split()[3:] == ["0.0694", "$0.00347"]
+
+
+def test_sampled_plan_lists_every_choice():
+    spec = _quickstart(space={"phases[0].mask_ratio": {"choice": [0.0, 0.5, 0.75]}}, search={"algorithm": "tpe"})
+    assert [line.split()[1] for line in format_plan(spec).splitlines()[4:7]] == ["0", "0.5", "0.75"]

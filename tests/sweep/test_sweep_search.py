@@ -3,8 +3,10 @@ the budget guard at its edges, and Tune's x0, x1... configs mapped back to recip
 
 from __future__ import annotations
 
+import optuna
 import optuna.distributions as od
 import pytest
+from optuna.storages.journal import JournalFileBackend
 from ray.tune.search import Searcher
 
 from microdit.config.sweep import load_sweep
@@ -102,7 +104,9 @@ def test_optuna_searchers_are_seeded_and_journaled(tmp_path, algorithm, sampler)
     assert type(inner._sampler).__name__ == sampler and (guard.budget, guard.trial_dollars) == (2.0, 0.5)
     assert (inner.metric, inner.mode) == (["fid_128", "cost_usd"], ["min", "min"])  # multi-objective lists
     assert set(first) == {"x0", "x1", "x2", "x3", "x4"} and 2 <= first["x2"] <= 8 and first["x3"] in (0, 1)
-    assert (tmp_path / "a" / "optuna_journal.log").stat().st_size > 0  # the study lives in the sweep's folder
+    # the study lives in the sweep's folder, named after the sweep (a resumed sweep finds it again)
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "a" / "optuna_journal.log")))
+    assert optuna.get_all_study_names(journal) == ["s"]
     # the spec's seed decides the samples: the same seed again gives the same first trial, another seed not
     assert _first_suggestion(spec, tmp_path, "b")[1] == first
     other = _spec(SAMPLED, algorithm, search={"algorithm": algorithm, "seed": 8})
@@ -120,8 +124,6 @@ def test_optuna_sampler_settings_and_a_single_objective(tmp_path):
 
 
 def test_study_storage_is_a_journal_file_locally_and_in_memory_on_object_stores(tmp_path):
-    import optuna
-
     storage = study_storage(str(tmp_path / "sweep"))
     assert isinstance(storage, optuna.storages.JournalStorage) and (tmp_path / "sweep").is_dir()
     optuna.create_study(storage=storage, study_name="s")
