@@ -123,3 +123,43 @@ def test_scatter_plot_without_a_front_or_error_bars(tmp_path, monkeypatch):
     both = [{"cost": 1.0, "cost_std": 0.1, "fid": 3.0, "fid_ci_low": 2.0, "fid_ci_high": 5.0, "m": 1}]
     _, ax = _plotted(monkeypatch, both, [0], "cost", "fid", ["m"], tmp_path / "r.png", "t")
     assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "error bars (cost: ±1 std; fid: interval)"
+
+
+def test_scatter_plot_draws_both_error_bars_and_layers_the_front_on_top(tmp_path, monkeypatch):
+    """Error bars on x and y (±1 std here), under the grey trial points, under the red front with
+    markers; the image is 7 x 5 inches at 120 dpi = 840 x 600 px. The look is pinned so that a
+    change to it is a deliberate one."""
+    import struct
+
+    from matplotlib.colors import to_hex
+
+    rows = [{"cost": 1.0, "cost_std": 0.1, "fid": 3.0, "fid_std": 0.5, "m": 1}, {"cost": 2.0, "fid": 2.0, "m": 2}]
+    path, ax = _plotted(monkeypatch, rows, [0, 1], "cost", "fid", ["m"], tmp_path / "p.png", "t")
+    assert struct.unpack(">II", path.read_bytes()[16:24]) == (840, 600)  # the PNG header's width, height
+    (bars,) = ax.containers
+    _, caps, (x_bars, y_bars) = bars.lines
+    assert (bars.has_xerr, bars.has_yerr) == (True, True)
+    assert [s.tolist() for s in x_bars.get_segments()] == [[[0.9, 3.0], [1.1, 3.0]], [[2.0, 2.0], [2.0, 2.0]]]
+    assert [s.tolist() for s in y_bars.get_segments()] == [[[1.0, 2.5], [1.0, 3.5]], [[2.0, 2.0], [2.0, 2.0]]]
+    assert {to_hex(b.get_color()[0]) for b in (x_bars, y_bars)} == {"#666666"}
+    assert [b.get_linewidth()[0] for b in (x_bars, y_bars)] == [1, 1]
+    assert {c.get_markersize() for c in caps} == {6.0}  # caps 3 points each side
+    trials = ax.collections[0]
+    (front,) = [line for line in ax.lines if line.get_label() == "Pareto front"]
+    assert to_hex(trials.get_facecolor()[0]) == "#999999" and to_hex(front.get_color()) == "#d62728"
+    assert (front.get_marker(), front.get_linestyle()) == ("o", "-")
+    assert (x_bars.get_zorder(), trials.get_zorder(), front.get_zorder()) == (1, 2, 3)
+    label = ax.texts[0]
+    assert (label.get_fontsize(), label.xyann, label.anncoords) == (7.0, (4, 4), "offset points")
+    assert ax.xaxis.get_gridlines()[0].get_alpha() == 0.3
+
+
+def test_scatter_plot_error_bars_on_one_axis_only(tmp_path, monkeypatch):
+    rows = [{"cost": 1.0, "cost_std": 0.25, "fid": 3.0}, {"cost": 2.0, "fid": 2.0}]
+    _, ax = _plotted(monkeypatch, rows, [], "cost", "fid", [], tmp_path / "x.png", "t")
+    (bars,) = ax.containers
+    assert (bars.has_xerr, bars.has_yerr) == (True, False)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trials", "error bars (cost: ±1 std)"]
+    rows = [{"cost": 1.0, "fid": 3.0, "fid_std": 0.5}, {"cost": 2.0, "fid": 2.0}]
+    _, ax = _plotted(monkeypatch, rows, [], "cost", "fid", [], tmp_path / "y.png", "t")
+    assert (ax.containers[0].has_xerr, ax.containers[0].has_yerr) == (False, True)
