@@ -41,7 +41,7 @@ def trial_params(values: dict[str, Any], replicate: int, seeds: int) -> dict[str
     return params
 
 
-def run_trial(config: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block (Tune/Train wiring: the e2e sweeps run it)
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from microdit.console import configure_worker
