@@ -106,8 +106,9 @@ def _sweep(uri: str) -> str:
     """
     parent = _parent(uri, objectives=["fid_128:min", "cost_usd:min"])
     mask = "phases[0].mask_ratio"
-    _trial(uri, parent, "a0001", {mask: 0.0, "variant": NAIVE}, replicate=0, status="finished",
-           mlflow_status="FINISHED", metrics=_final(1.75, 100.0, 3.0))
+    renamed = _trial(uri, parent, "a0001", {mask: 0.0, "variant": NAIVE}, replicate=0, status="finished",
+                     mlflow_status="FINISHED", metrics=_final(1.75, 100.0, 3.0))
+    client(uri).update_run(renamed, name="renamed in the UI")  # the report still names it by its Ray run name
     _trial(uri, parent, "a0002", {mask: 0.0, "variant": NAIVE}, replicate=1, status="finished",
            mlflow_status="FINISHED", metrics=_final(2.25, 104.0, 3.5))
     _trial(uri, parent, "a0003", {mask: 0.75, "variant": DEFERRED}, replicate=0, status="finished",
@@ -202,6 +203,7 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
     # configuration is best, the others tie with it (listed, in order)
     seen = compare(SWEEP, uri, objectives=[("images_seen", "max")])
     assert (seen.finished, [c["vs_best"] for c in seen.configs]) == (5, ["best"] + ["within noise"] * 3)
+    assert [c["cost_usd"] for c in seen.configs] == [2.25, 1.0, 1.5, 0.5]  # cost is averaged all the same
     assert seen.text.splitlines()[-1] == ("within noise of the best images_seen (|difference| <= 2 x combined std): "
                                           f"phases[0].mask_ratio=0.75, variant={DEFERRED_LABEL}; "
                                           f"phases[0].mask_ratio=0.5, variant={DEFERRED_LABEL}; "
@@ -332,10 +334,19 @@ def test_a_sweep_with_no_finished_trial_reports_counts_and_cost(uri):
     parent = _parent(uri, objectives=["fid_128:min", "cost_usd:min"])
     _trial(uri, parent, "c0001", {"phases[0].mask_ratio": 0.5}, status="failed", mlflow_status="FAILED",
            metrics={"cost_usd": 0.25})
-    report = build_report(uri, parent, [("fid_128", "min"), ("cost_usd", "min")], SWEEP, log_to_parent=True)
-    assert (report.finished, report.failed, report.configs, report.front) == (0, 1, [], [])
+    # failed at start-up: params and tags, no metric at all
+    run_id, _ = get_or_create_run(uri, EXPERIMENT, f"{SWEEP}-c0002", "train", parent_run_id=parent)
+    log_params(uri, run_id, trial_params({"phases[0].mask_ratio": 0.75}, 0, 1))
+    client(uri).set_tag(run_id, "microdit.trial_status", "failed")
+    finish_run(uri, run_id, "FAILED")
+    objectives = [("fid_128", "min"), ("cost_usd", "min")]
+    assert build_report(uri, parent, objectives, SWEEP).failed == 2
+    assert client(uri).list_artifacts(parent) == []  # by default the report is not logged
+    report = build_report(uri, parent, objectives, SWEEP, log_to_parent=True)
+    assert (report.finished, report.failed, report.configs, report.front) == (0, 2, [], [])
+    assert [r["cost_usd"] for r in report.rows] == [0.25, 0.0]  # nothing logged: nothing spent
     assert report.spent_usd == 0.75 and not any(line.startswith("best ") for line in report.text.splitlines())
-    assert report.text.splitlines()[0].startswith("sweep rep: 1 trials — 0 finished, 0 stopped early, 1 failed; "
+    assert report.text.splitlines()[0].startswith("sweep rep: 2 trials — 0 finished, 0 stopped early, 2 failed; "
                                                   "spent $0.75 = trials $0.25")
     assert "pareto.png" not in [a.path for a in client(uri).list_artifacts(parent)]
 
