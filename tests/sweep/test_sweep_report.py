@@ -181,6 +181,7 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
     lines = report.text.splitlines()
     assert lines[0] == ("sweep rep: 8 trials — 4 finished, 1 stopped early, 1 failed; spent $8.56 = trials $8.06 "
                         "+ shared overhead $0.5 (data, FID reference statistics)")
+    assert lines[1] == lines[8] == lines[14] == ""  # a blank line between the sections
     assert lines[2] == "configurations (mean ± std over seeds; one seed: FID ± its half-sampling std):"
     assert lines[3].split() == ["phases[0].mask_ratio", "variant", "n", "fid_128", "cost_usd", "images_seen",
                                 "vs_best", "trials"]
@@ -190,7 +191,7 @@ def test_report_counts_costs_front_and_noise_from_mlflow(uri):
     assert lines[9] == "Pareto front (fid_128 [min] vs cost_usd [min]):"
     # the front's rows in order of the last objective (cost): B ($1) before A ($2.25)
     assert [line.split()[:2] for line in lines[12:14]] == [["0.75", DEFERRED_LABEL], ["0", NAIVE_LABEL]]
-    assert lines[14] == "" and lines[15] == "all trials:"
+    assert lines[15] == "all trials:"
     assert lines[16].split() == ["trial", "status", "phases[0].mask_ratio", "variant", "replicate", "fid_128",
                                  "cost_usd", "fid_128_std", "final/train_usd", "final/eval_usd", "images_seen"]
     assert len(lines) == 16 + 2 + 8 + 3
@@ -223,6 +224,8 @@ def test_build_report_logs_its_tables_to_the_parent(uri, tmp_path, monkeypatch):
     (ax,) = figures[0].axes
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("cost_usd", "fid_128", "rep: fid_128 vs cost_usd")
     assert ax.collections[0].get_offsets().tolist() == [[2.25, 102.0], [1.0, 105.0], [1.5, 120.0]]
+    (front,) = [line for line in ax.lines if line.get_label() == "Pareto front"]  # B then A, by cost
+    assert (list(front.get_xdata()), list(front.get_ydata())) == ([1.0, 2.25], [105.0, 102.0])
     assert [t.get_text() for t in ax.texts] == [f"mask_ratio=0, variant={NAIVE_LABEL}",
                                                 f"mask_ratio=0.75, variant={DEFERRED_LABEL}",
                                                 f"mask_ratio=0.5, variant={DEFERRED_LABEL}"]
