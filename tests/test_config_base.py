@@ -133,3 +133,35 @@ def test_config_changes_name_every_difference():
     assert ("phases", old["phases"], new["phases"]) in whole_phases
     nested_whole = config_changes({"a": [{"b": [1]}]}, {"a": [{"b": [2]}]}, whole=lambda path: path == ("a", 0, "b"))
     assert nested_whole == [("a[0].b", [1], [2])]  # ``whole`` is passed down through lists too
+
+
+class Pair(StrictModel):
+    a: int
+    b: int
+
+
+class Checked(StrictModel):
+    leaves: list[Leaf] = []
+
+    @model_validator(mode="after")
+    def _two_at_most(self) -> Checked:
+        need(len(self.leaves) < 3, "leaves", len(self.leaves), "at most 2")
+        return self
+
+
+class Rows(StrictModel):
+    rows: list[Checked] = []
+    pairs: list[Pair] = []
+
+
+def test_every_error_is_reported_not_only_the_first():
+    three = {"leaves": [{"name": "a"}] * 3}
+    for data, message in [
+        ({"pairs": [{}]}, "pairs[0].a: missing (required); pairs[0].b: missing (required)"),
+        ({"pairs": [{"a": 1, "b": 2, "x": 1, "y": 2}]}, "pairs[0].x: unknown key; allowed: a, b; "
+                                                       "pairs[0].y: unknown key; allowed: a, b"),
+        ({"rows": [three, three]}, "rows[0].leaves=3: at most 2; rows[1].leaves=3: at most 2"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            validate_config(Rows, data)
+        assert str(info.value) == message

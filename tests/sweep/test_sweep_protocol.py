@@ -112,8 +112,11 @@ def test_sweep_space_rules_name_the_key():
     assert "space.phases[0].lr" in str(info.value) and "[0.001, 0.001]" in str(info.value)
     with pytest.raises(ConfigError) as info:
         _spec(space={"phases[0].lr": {"uniform": [1e-3, 1e-2], "choice": [1]}})
-    assert str(info.value).startswith("sweep <inline>: space.phases[0].lr={'uniform': [0.001, 0.01], 'choice': [1]}: "
-                                      "must be one mapping like {choice: [...]}; kinds: ")
+    from microdit.config.sweep import DISTRIBUTIONS
+
+    assert str(info.value) == ("sweep <inline>: space.phases[0].lr={'uniform': [0.001, 0.01], 'choice': [1]}: "
+                               f"must be one mapping like {{choice: [...]}}; kinds: {', '.join(DISTRIBUTIONS)}")
+    assert "uniform" in DISTRIBUTIONS and "choice" in DISTRIBUTIONS
     with pytest.raises(ConfigError) as info:
         _spec(space={"phases[0].lr": [1e-3]})
     assert "space.phases[0].lr=[0.001]: must be one mapping like {choice: [...]}" in str(info.value)
@@ -149,3 +152,24 @@ def test_tune_trial_id_from_metrics_or_directory():
 
 def test_money_is_printed_with_its_significant_digits():
     assert [usd(1890.7612), usd(0.0123456), usd(0.000133612), usd(0.0)] == ["$1,890.76", "$0.0123", "$0.000134", "$0"]
+
+
+def test_spec_files_name_themselves_in_errors(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(str(broken))
+    assert str(info.value).startswith(f"{broken}: not valid YAML (")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(str(listed))
+    assert str(info.value) == f"sweep {listed}: expected a mapping"
+    data = yaml.safe_load(resolve("mask_ratio", SWEEPS).read_text())
+    data["space"] = {"phases[0].lr": {"uniform": [-0.5, 1e-3]}}  # the low corner is no valid recipe
+    data["search"] = {"algorithm": "tpe", "seed": 0}
+    bad = tmp_path / "bad_corner.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_sweep(str(bad))
+    assert str(info.value).startswith(f"sweep {bad}: ") and "phases[0].lr=-0.5" in str(info.value)

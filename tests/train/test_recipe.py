@@ -305,6 +305,8 @@ def test_recipe_helpers_and_their_messages():
     assert str(info.value) == "key 'model.size': unknown key 'model'; known: ['phases', 'seed']"
     set_path(tree, "model.size", "x")  # create: intermediate mappings are made
     assert tree["model"] == {"size": "x"}
+    set_path(tree, "phases[0]", {"lr": 9.0})  # a whole list item
+    assert tree["phases"][0] == {"lr": 9.0}
 
     from microdit.config.overrides import apply_overrides, parse_path
 
