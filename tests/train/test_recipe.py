@@ -321,3 +321,17 @@ def test_recipe_helpers_and_their_messages():
     with pytest.raises(ConfigError) as info:
         load_recipe("demo", {"model": {}})
     assert str(info.value) == "model.size=None: missing; name a registered size, e.g. MicroDiT_Nano_2"
+
+
+def test_recipe_files_name_themselves_in_errors(tmp_path):
+    from microdit.config.shipped import RECIPES, resolve, shipped_names
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(broken))
+    assert str(info.value).startswith(f"{broken}: not valid YAML (")
+    with pytest.raises(ConfigError) as info:
+        resolve("no_such_recipe", RECIPES)
+    assert str(info.value) == (f"recipe 'no_such_recipe': no such file, and not a shipped recipe "
+                               f"({', '.join(shipped_names(RECIPES))})")
