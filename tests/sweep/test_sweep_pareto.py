@@ -137,8 +137,8 @@ def test_scatter_plot_draws_both_error_bars_and_layers_the_front_on_top(tmp_path
     path, ax = _plotted(monkeypatch, rows, [0, 1], "cost", "fid", ["m"], tmp_path / "p.png", "t")
     assert struct.unpack(">II", path.read_bytes()[16:24]) == (840, 600)  # the PNG header's width, height
     (bars,) = ax.containers
-    _, caps, (x_bars, y_bars) = bars.lines
-    assert (bars.has_xerr, bars.has_yerr) == (True, True)
+    joined, caps, (x_bars, y_bars) = bars.lines
+    assert (bars.has_xerr, bars.has_yerr) == (True, True) and joined is None  # bars only: no line through the trials
     assert [s.tolist() for s in x_bars.get_segments()] == [[[0.9, 3.0], [1.1, 3.0]], [[2.0, 2.0], [2.0, 2.0]]]
     assert [s.tolist() for s in y_bars.get_segments()] == [[[1.0, 2.5], [1.0, 3.5]], [[2.0, 2.0], [2.0, 2.0]]]
     assert {to_hex(b.get_color()[0]) for b in (x_bars, y_bars)} == {"#666666"}
