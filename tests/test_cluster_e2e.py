@@ -10,7 +10,7 @@ points in fresh driver processes joining the cluster through ``RAY_ADDRESS``:
 3. ``jobs/train.py`` trains 2 workers, one per node; once the first checkpoint is in the bucket
    the non-head node is killed and a fresh node added: the run resumes from the bucket and ends
    at exactly its planned step count, the final weights in its last checkpoint in the bucket;
-4. ``jobs/sweep.py`` runs a 2-trial Optuna TPE sweep (FID + cost) on the same cluster, each trial
+4. ``jobs/sweep.py`` runs a 2-trial Optuna TPE sweep (FID + cost, both trials at once) on the same cluster, each trial
    an iso-cost dollar budget cut into a swept phase and a fine-tune (dollar-length phases under
    ``max_dollars``, the path every shipped ablation spec takes); the study lives in the bucket;
 5. ``microdit compare`` from another process reads the results back from the MLflow server.
@@ -121,7 +121,7 @@ def _sweep_spec(tmp_path: Path) -> Path:
         "objectives": [{"metric": "fid_8", "mode": "min"}, {"metric": "cost_usd", "mode": "min"}],
         "trial_budget": {"dollars": TRIAL_USD},  # ~6 s of one CPU worker at $0.05/h
         "finetune": {"dollars": FINETUNE_USD},
-        "budget": {"max_trials": 2, "max_concurrent": 1},
+        "budget": {"max_trials": 2, "max_concurrent": 2},  # both at once: the cluster fits two 0.5-CPU trials
         "search": {"algorithm": "tpe", "seed": 0},
         "evaluation": {"reference": "demo_real_heldout", "num_samples": 8, "steps": 3, "guidance": 2.0},
     }
