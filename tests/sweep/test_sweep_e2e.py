@@ -35,6 +35,7 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
         {"phases[0].mask_ratio": 0.0},
         {"phases[0].mask_ratio": 0.5, "debug.fail_at_step": 1, "tracking.max_failures": 0},
     ]}}
+    data["budget"]["max_concurrent"] = 2  # both at once: the session cluster fits two 0.5-CPU trials
     spec_file = tmp_path / "e2e.yaml"
     spec_file.write_text(yaml.safe_dump(data))
     # the console entry, as a user runs it, output to a file (not a terminal): a short, readable log
