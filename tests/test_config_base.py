@@ -4,7 +4,7 @@ its value and what is allowed, through nested models, lists, optionals and mappi
 from __future__ import annotations
 
 import pytest
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from microdit.config.base import StrictModel, dotted, need, validate_config
 from microdit.errors import ConfigError
@@ -149,9 +149,21 @@ class Checked(StrictModel):
         return self
 
 
+class Wrapped(StrictModel):
+    spec: str
+
+    @field_validator("spec")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value != "ok":  # as a nested config's own from_dict would: a ConfigError with its full message
+            raise ConfigError(f"spec file {value!r}: no such file")
+        return value
+
+
 class Rows(StrictModel):
     rows: list[Checked] = []
     pairs: list[Pair] = []
+    wrapped: list[Wrapped] = []
 
 
 def test_every_error_is_reported_not_only_the_first():
@@ -161,6 +173,8 @@ def test_every_error_is_reported_not_only_the_first():
         ({"pairs": [{"a": 1, "b": 2, "x": 1, "y": 2}]}, "pairs[0].x: unknown key; allowed: a, b; "
                                                        "pairs[0].y: unknown key; allowed: a, b"),
         ({"rows": [three, three]}, "rows[0].leaves=3: at most 2; rows[1].leaves=3: at most 2"),
+        ({"wrapped": [{"spec": "a"}, {"spec": "ok"}, {"spec": "b"}], "pairs": [{"a": 1}]},
+         "pairs[0].b: missing (required); spec file 'a': no such file; spec file 'b': no such file"),
     ]:
         with pytest.raises(ConfigError) as info:
             validate_config(Rows, data)
