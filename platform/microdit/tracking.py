@@ -79,6 +79,21 @@ def find_run(uri: str, experiment: str, run_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def child_runs(uri: str, parent_run_id: str, page_size: int = 1000) -> list:
+    """Every child run of ``parent_run_id``, page by page: one ``search_runs`` call returns at most
+    ``max_results`` runs (1,000 by default), and a long sweep's report must not silently drop the rest."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                         max_results=page_size, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
 def get_or_create_run(uri: str, experiment: str, run_name: str, kind: str,
                       parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> tuple[str, bool]:
     """(run_id, created). Reuses the run tagged ``run_name`` so a resumed run keeps its record."""

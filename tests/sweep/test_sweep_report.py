@@ -405,3 +405,18 @@ def test_mark_unfinished_tags_and_terminates_stopped_and_failed_trials(uri):
 ])
 def test_tune_trial_id_from_metrics_or_directory_name(metrics, path, expected):
     assert tune_trial_id(Result(metrics=metrics, path=path)) == expected
+
+
+def test_child_runs_reads_every_page(uri):
+    """MLflow returns at most ``max_results`` runs per call: a report of more trials than one page
+    holds must read them all (pages of 2 here), and only the children of its own parent."""
+    from microdit.tracking import child_runs
+
+    parent = _parent(uri)
+    other = _parent(uri, name="other-sweep")
+    ids = {_trial(uri, parent, f"c{i:04d}", {"phases[0].mask_ratio": 0.5}, status=None, mlflow_status="FINISHED",
+                  metrics=_final(1.0, 100.0)) for i in range(5)}
+    _trial(uri, other, "d0001", {"phases[0].mask_ratio": 0.5}, status=None, mlflow_status="FINISHED",
+           metrics=_final(1.0, 100.0), sweep="other-sweep")
+    for page_size in (2, 5, 1000):
+        assert sorted(r.info.run_id for r in child_runs(uri, parent, page_size=page_size)) == sorted(ids)

@@ -19,7 +19,7 @@ from typing import Any
 from microdit.config.sweep import SweepSpec
 from microdit.sweep.accounting import sweep_total, trial_cost, usd
 from microdit.sweep.pareto import format_table, pareto_front, scatter_plot, with_error, within_noise
-from microdit.tracking import KIND_TAG, RUN_NAME_TAG, client, find_run, spec_key
+from microdit.tracking import KIND_TAG, RUN_NAME_TAG, child_runs, client, find_run, spec_key
 
 
 @dataclass
@@ -49,7 +49,7 @@ def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
     """Child runs Tune stopped early or that errored: status tag + terminated, never left RUNNING.
     Trials are matched to their MLflow runs by the ``tune.trial_id`` tag."""
     mlflow_client = client(uri)
-    by_trial = {r.data.tags.get("tune.trial_id"): r for r in _children(uri, parent_run_id)}
+    by_trial = {r.data.tags.get("tune.trial_id"): r for r in child_runs(uri, parent_run_id)}
     for result in results:
         run = by_trial.get(tune_trial_id(result))
         if run is None or (not result.error and "budget_done" in (result.metrics or {})):
@@ -58,14 +58,6 @@ def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
         mlflow_client.set_tag(run.info.run_id, "microdit.trial_status", status)
         if run.info.status == "RUNNING":
             mlflow_client.set_terminated(run.info.run_id, "FAILED" if result.error else "KILLED")
-
-
-def _children(uri: str, parent_run_id: str):
-    mlflow_client = client(uri)
-    parent = mlflow_client.get_run(parent_run_id)
-    return mlflow_client.search_runs([parent.info.experiment_id],
-                                     filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                                     max_results=10_000)
 
 
 def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
@@ -113,7 +105,7 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
                  log_to_parent: bool = False) -> SweepReport:
     """The sweep's tables from MLflow alone; ``log_to_parent`` also writes them to the parent run."""
     mlflow_client = client(uri)
-    rows, swept = trial_rows(_children(uri, parent_run_id))
+    rows, swept = trial_rows(child_runs(uri, parent_run_id))
     overhead = float(mlflow_client.get_run(parent_run_id).data.metrics.get("overhead_usd", 0.0))
     names = [m for m, _ in objectives]
     finished = [r for r in rows if r["status"] == "finished" and all(m in r for m in names)]
