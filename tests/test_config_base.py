@@ -3,6 +3,9 @@ its value and what is allowed, through nested models, lists, optionals and mappi
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import field_validator, model_validator
 
@@ -111,6 +114,20 @@ def test_valid_data_round_trips_and_assignment_is_checked():
     assert Top.from_dict(top.to_dict()) == top
     with pytest.raises(ValueError):
         top.tag = 5  # validate_assignment: a program cannot slip a wrong type in either
+
+
+class Shaped(StrictModel):
+    window: tuple[float, float] = (0.5, 1.0)
+    where: Path = Path("/data/sets")
+
+
+def test_to_dict_is_plain_json_data():
+    """What is logged to MLflow and written as YAML: tuples become lists, paths strings (JSON's own types)."""
+    data = Shaped().to_dict()
+    assert data == {"window": [0.5, 1.0], "where": "/data/sets"}
+    assert type(data["window"]) is list and type(data["where"]) is str
+    assert json.loads(json.dumps(data)) == data
+    assert Shaped.from_dict(data) == Shaped()
 
 
 @pytest.mark.parametrize(("loc", "prefix", "text"), [

@@ -109,3 +109,50 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, changes, world, mess
     with pytest.raises(ConfigError) as info:
         evaluate_model(_model(), _config(tmp_path / "never-read", **changes), world=world)
     assert str(info.value) == message
+
+
+def test_reference_rows_at_the_asked_resolution_and_decoder_on_the_asked_device(tmp_path):
+    from microdit.evaluate.pipeline import prepare_reference
+
+    reference = write_pixel_set(tmp_path / "set", rows=ROWS, sizes=(16, 8))
+    first_rows, first_decoder, first = prepare_reference(_config(reference))  # the set's first resolution, on CPU
+    assert first_rows["latents"].shape == (ROWS, 3, 16, 16)
+    assert first_decoder.device == torch.device("cpu")
+    assert sorted(first_rows) == ["caption", "latents", "text_emb"]
+    assert first_rows["caption"] == [f"caption {i}" for i in range(ROWS)]
+
+    rows, decoder, second = prepare_reference(_config(reference, resolution=8), device="meta")
+    assert rows["latents"].shape == (ROWS, 3, 8, 8)
+    assert decoder.device == torch.device("meta")  # the pixels decoder never computes on it; it keeps it
+    assert not second.from_cache and second.key != first.key  # statistics of the 8 px images, cached apart
+    assert not np.allclose(second.stats.mean, first.stats.mean)
+
+
+def test_reference_cache_key_is_the_latents_and_the_vae_entry_in_any_key_order(tmp_path):
+    """Three sets with the same latents: the VAE entry with its keys reordered reads the cached
+    statistics; another VAE (a different decoder) must not."""
+    import shutil
+
+    from microdit.evaluate.pipeline import prepare_reference
+
+    vaes = {"built": {"kind": "pixels", "name": "pixels"}, "reordered": {"name": "pixels", "kind": "pixels"},
+            "other": {"kind": "pixels", "name": "other"}}
+    sets = {label: write_pixel_set(tmp_path / label, rows=ROWS, vae=vae) for label, vae in vaes.items()}
+    built = prepare_reference(_config(sets["built"]))[2]
+    assert not built.from_cache
+    for label in ("reordered", "other"):
+        shutil.copytree(sets["built"] / "fid_cache", sets[label] / "fid_cache")
+    reordered = prepare_reference(_config(sets["reordered"]))[2]
+    assert reordered.from_cache and reordered.key == built.key
+    other = prepare_reference(_config(sets["other"]))[2]
+    assert not other.from_cache and other.key != built.key
+
+
+def test_actors_are_allowed_in_a_single_process_evaluation(tmp_path):
+    """``num_actors`` is refused only with ``world`` > 1: alone, the next thing to fail is the missing set."""
+    from microdit.evaluate.pipeline import evaluate_model
+
+    with pytest.raises(ConfigError) as info:
+        evaluate_model(_model(), _config(tmp_path / "never-read", num_actors=2), device="cpu")
+    assert str(info.value) == (f"no prepared set at {tmp_path / 'never-read'}: manifest.json is missing; "
+                               "run `microdit prepare`")

@@ -94,6 +94,24 @@ def test_checkpoint_weights_rule_and_errors(tmp_path):
     assert str(info.value) == "which='best': allowed auto, ema, live"
 
 
+def test_a_weights_file_without_meta_loads_as_live_weights(tmp_path):
+    """A hand-made file (config + state dict, no ``meta``) holds live weights: it loads, ``ema`` is refused."""
+    model = _nano()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01)
+    path = tmp_path / "hand_made.pt"
+    torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+    loaded = load_weights(path, which="live")
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(ValueError) as info:
+        load_weights(path, which="ema")
+    assert str(info.value) == (f"{path} holds the live weights only; which='ema' needs the training checkpoint "
+                               "directory (train_state.pt)")
+
+
 @pytest.mark.server
 def test_final_weights_load_from_a_bucket(tmp_path, s3_bucket):
     """The file a run hands out loads from its object-store URI exactly as saved."""

@@ -117,8 +117,8 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", wh
             return model.to(device).eval()
     if which != "auto" and path.name == WEIGHTS_FILE and (path.parent / STATE_FILE).exists():
         return load_weights(path.parent, device, which)  # its checkpoint holds both EMA and live
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    holds = "ema" if blob.get("meta", {}).get("ema") else "live"
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no pickled code runs
+    holds = "ema" if blob.get("meta", {}).get("ema") else "live"  # a file without meta (hand-made): live
     if which not in ("auto", holds):
         raise ValueError(f"{path} holds the {holds} weights only; which={which!r} needs the training "
                          "checkpoint directory (train_state.pt)")
