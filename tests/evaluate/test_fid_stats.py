@@ -117,6 +117,25 @@ def test_frechet_of_full_rank_gaussians_matches_closed_form():
     assert expected == pytest.approx(11.0)
 
 
+def test_frechet_scales_with_the_square_of_the_features():
+    """FID is in squared feature units. Scaling every feature by 2^-24 (exactly) scales it by 2^-48: the
+    round-off cut is relative to the largest eigenvalue, so small-valued features lose no real eigenvalue."""
+    a, b = features(24, 64, seed=7), features(24, 64, seed=8, shape=1.3)  # singular covariances
+    base = fid_from_stats(FeatureStats.from_features(a), FeatureStats.from_features(b))
+    assert base > 1.0
+    for scale in (2.0**-24, 2.0**10):
+        scaled = fid_from_stats(FeatureStats.from_features(a * scale), FeatureStats.from_features(b * scale))
+        assert scaled == pytest.approx(base * scale**2, rel=1e-9, abs=0)
+
+
+def test_frechet_works_in_float64_whatever_the_input_dtype():
+    a = FeatureStats.from_features(features(40, 64, seed=9))
+    b = FeatureStats.from_features(features(40, 64, seed=10, shape=1.3))
+    single = [x.astype(np.float32) for x in (a.mean, a.cov, b.mean, b.cov)]
+    widened = [x.astype(np.float64) for x in single]  # the same values, exactly
+    assert frechet_distance(*single) == frechet_distance(*widened)
+
+
 def test_frechet_of_a_set_with_itself_is_zero():
     a = FeatureStats.from_features(features(40, 512, seed=5))
     assert abs(fid_from_stats(a, a)) < 1e-8
