@@ -141,9 +141,25 @@ def test_frechet_of_a_set_with_itself_is_zero():
     assert abs(fid_from_stats(a, a)) < 1e-8
 
 
-def test_frechet_rejects_mismatched_shapes():
-    with pytest.raises(ConfigError, match="shapes"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+@pytest.mark.parametrize(("mu2", "cov1", "cov2", "shapes"), [
+    (np.zeros(4), np.eye(3), np.eye(4), "mu (3,) / (4,), cov (3, 3) / (4, 4)"),  # both disagree
+    (np.zeros(4), np.eye(3), np.eye(3), "mu (3,) / (4,), cov (3, 3) / (3, 3)"),  # only the means
+    (np.zeros(3), np.eye(3), np.eye(4), "mu (3,) / (3,), cov (3, 3) / (4, 4)"),  # only the covariances
+    (np.zeros(3), np.eye(4), np.eye(4), "mu (3,) / (3,), cov (4, 4) / (4, 4)"),  # covariances not D x D
+])
+def test_frechet_rejects_each_shape_disagreement_on_its_own(mu2, cov1, cov2, shapes):
+    with pytest.raises(ConfigError) as info:
+        frechet_distance(np.zeros(3), cov1, mu2, cov2)
+    assert str(info.value) == f"frechet_distance: shapes disagree: {shapes}"
+
+
+@pytest.mark.parametrize("broken", [0, 1])
+def test_frechet_rejects_a_non_finite_value_in_either_covariance(broken):
+    covs = [np.eye(3), np.eye(3)]
+    covs[broken] = np.where(np.eye(3) > 0, np.nan, 0.0)
+    with pytest.raises(ConfigError) as info:
+        frechet_distance(np.zeros(3), covs[0], np.zeros(3), covs[1])
+    assert str(info.value) == "frechet_distance: covariance has NaN/inf values (broken features?)"
 
 
 @pytest.mark.parametrize(
