@@ -40,6 +40,37 @@ def test_stats_match_numpy_mean_and_cov():
     np.testing.assert_allclose(stats.cov, np.cov(f, rowvar=False), rtol=1e-10, atol=1e-14)
 
 
+def test_float32_features_are_summed_in_float64():
+    """Inception gives float32 features; summed in float32, products of values near 1000 lose digits."""
+    f32 = (1000.0 + features(64, 8, seed=3)).astype(np.float32)
+    stats = FeatureStats.from_features(f32)
+    exact = f32.astype(np.float64)
+    assert stats.sum.dtype == stats.outer_sum.dtype == np.float64
+    assert np.array_equal(stats.sum, exact.sum(axis=0)) and np.array_equal(stats.outer_sum, exact.T @ exact)
+
+
+@pytest.mark.parametrize(("bad", "shape"), [((3, 5), "(3, 5)"), ((4,), "(4,)"), ((2, 4, 1), "(2, 4, 1)")])
+def test_update_refuses_features_of_another_shape_and_adds_nothing(bad, shape):
+    stats = FeatureStats.empty(4)
+    with pytest.raises(ConfigError) as info:
+        stats.update(np.ones(bad))
+    assert str(info.value) == f"features: expected shape (N, 4), got {shape}"
+    assert stats.count == 0 and not stats.sum.any() and not stats.outer_sum.any()
+
+
+def test_mean_needs_one_sample_and_covariance_two():
+    one = FeatureStats.from_features(np.array([[1.0, 3.0]]))
+    assert one.mean.tolist() == [1.0, 3.0]
+    with pytest.raises(ConfigError) as info:
+        _ = one.cov
+    assert str(info.value) == "feature stats: need at least 2 samples, have 1"
+    two = FeatureStats.from_features(np.array([[0.0, 2.0], [2.0, 0.0]]))
+    assert two.cov.tolist() == [[2.0, -2.0], [-2.0, 2.0]]  # exactly two samples: unbiased, N - 1 = 1
+    with pytest.raises(ConfigError) as info:
+        _ = FeatureStats.empty(2).mean
+    assert str(info.value) == "feature stats: need at least 1 samples, have 0"
+
+
 def test_merge_of_parts_equals_one_shot():
     f = features(100, 2048, seed=1)
     one_shot = FeatureStats.from_features(f)
