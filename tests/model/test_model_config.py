@@ -62,3 +62,13 @@ def test_token_counts_are_integers_of_whole_patches():
     assert cfg.num_tokens(32) == 256 and isinstance(cfg.num_tokens(32), int) and cfg.num_tokens(64) == 1024
     assert cfg.kept_tokens(32, 0.0) == 256 and cfg.kept_tokens(32, 0.75) == 64 and cfg.kept_tokens(32, 0.5) == 128
     assert cfg.kept_tokens(64, 0.75) == 256 and cfg.kept_tokens(32, 0.7) == int(256 * 0.3)  # floor, as the model drops
+
+
+def test_width_rounding_and_the_default_position_scale():
+    from microdit.config.model import round_up
+
+    assert [round_up(v, 8) for v in (1, 7, 8, 9, 16, 17)] == [8, 8, 8, 16, 16, 24]  # exact multiples stay
+    cfg = model_config("MicroDiT_XL_2")
+    assert cfg.pos_interp_scale is None
+    assert [cfg.pos_scale(grid) for grid in (8, 16, 32, 64)] == [0.5, 1.0, 2.0, 4.0]  # official: grid / 16
+    assert cfg.replace(pos_interp_scale=3.0).pos_scale(32) == 3.0  # a given scale wins
