@@ -72,3 +72,14 @@ def test_width_rounding_and_the_default_position_scale():
     assert cfg.pos_interp_scale is None
     assert [cfg.pos_scale(grid) for grid in (8, 16, 32, 64)] == [0.5, 1.0, 2.0, 4.0]  # official: grid / 16
     assert cfg.replace(pos_interp_scale=3.0).pos_scale(32) == 3.0  # a given scale wins
+
+
+def test_layerwise_scaling_spreads_the_ratios_over_depth_and_off_uses_the_top():
+    import numpy as np
+
+    cfg = model_config("MicroDiT_XL_2")  # official: qkv 0.5 -> 1.0, ffn 0.5 -> 4.0 over 28 blocks
+    assert cfg.layerwise_scaling and cfg.depth == 28
+    assert [cfg.qkv_ratio(i) for i in range(28)] == np.linspace(0.5, 1.0, 28).tolist()
+    assert [cfg.ffn_ratio(i) for i in range(28)] == np.linspace(0.5, 4.0, 28).tolist()
+    flat = cfg.replace(layerwise_scaling=False)
+    assert {flat.qkv_ratio(i) for i in range(28)} == {1.0} and {flat.ffn_ratio(i) for i in range(28)} == {4.0}
