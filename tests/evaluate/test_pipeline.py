@@ -9,6 +9,8 @@ the moments. Fast enough for the mutation runs (a few seconds).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -39,14 +41,18 @@ def _config(reference, **changes):
 
 
 def test_fid_equals_the_hand_built_one_from_the_sets_own_captions(tmp_path, inception_extractor):
+    from test_clip_score import save_tiny_clip
+
     from microdit.data.reader import read_set
+    from microdit.evaluate.clip_score import ClipScorer
     from microdit.evaluate.fid import FeatureStats, fid_from_stats
     from microdit.evaluate.generate import LatentDecoder, generate, to_uint8
     from microdit.evaluate.pipeline import evaluate_model
 
     reference = write_pixel_set(tmp_path / "set", rows=ROWS)
     grid = tmp_path / "grid.png"
-    metrics = evaluate_model(_model(), _config(reference), grid_path=grid)
+    clip = save_tiny_clip(tmp_path / "clip", with_image_processor=True)
+    metrics = evaluate_model(_model(), _config(reference, clip_model=clip), grid_path=grid)
 
     rows = read_set(reference, ["latents", "text_emb", "caption"], resolution=16)
     index = [0, 1, 2, 3, 4, 0, 1]  # 7 samples over 5 captions, in order, cycled
@@ -62,7 +68,9 @@ def test_fid_equals_the_hand_built_one_from_the_sets_own_captions(tmp_path, ince
     expected = fid_from_stats(generated, real)
     assert expected > 1.0
     assert metrics["fid_7"] == pytest.approx(expected, rel=1e-9)
-    assert set(metrics) == {"fid_7", "generation_images_per_s", "eval_seconds"}  # bootstrap 0, no CLIP model
+    assert set(metrics) == {"fid_7", "clip_score", "generation_images_per_s", "eval_seconds"}  # bootstrap 0
+    captions = [rows["caption"][i] for i in index]
+    assert metrics["clip_score"] == pytest.approx(ClipScorer(clip).score(images, captions), rel=1e-6)
     assert metrics["generation_images_per_s"] > 0 and metrics["eval_seconds"] > 0
     assert grid.is_file()
     cache = sorted(p.suffix for p in (reference / "fid_cache").iterdir())
@@ -88,14 +96,34 @@ def test_evaluate_weights_loads_the_file_it_is_given(tmp_path):
         evaluate_weights(weights, _config(reference), which="ema")
 
 
-def test_resampled_std_and_interval(tmp_path):
+def test_resampled_std_and_interval_and_progress_only_when_asked(tmp_path, capsys, caplog):
     from microdit.evaluate.pipeline import evaluate_model
 
     reference = write_pixel_set(tmp_path / "set", rows=ROWS)
-    plain = evaluate_model(_model(), _config(reference))
-    spread = evaluate_model(_model(), _config(reference, bootstrap=16))
+    plain = evaluate_model(_model(), _config(reference, progress=True))  # the CLI's evaluation
+    out = capsys.readouterr().out.splitlines()
+    for label in ("generate", "inception"):  # not a terminal: a summary line each, with the total
+        shown = [line for line in out if line.startswith(f"{label}: ")]
+        assert shown and shown[-1].startswith(f"{label}: 7/7 img (100%) · "), out
+    with caplog.at_level(logging.INFO, logger="microdit"):
+        spread = evaluate_model(_model(), _config(reference, bootstrap=16))
+    assert capsys.readouterr().out == ""  # progress off (Train workers, sweeps): nothing printed
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("fid_7: 16 resamples (") for m in messages)
+    assert any(m.startswith(f"evaluation: {{'fid_7': {spread['fid_7']!r}, ") for m in messages)
     assert spread["fid_7"] == pytest.approx(plain["fid_7"], rel=1e-9)  # resampling leaves the estimate alone
     assert spread["fid_7_std"] > 0 and spread["fid_7_ci_low"] < spread["fid_7_ci_high"]
+
+
+def test_resampling_asked_with_under_4_samples_says_why_there_is_no_interval(tmp_path, caplog):
+    from microdit.evaluate.pipeline import evaluate_model
+
+    reference = write_pixel_set(tmp_path / "set", rows=ROWS)
+    with caplog.at_level(logging.WARNING, logger="microdit"):
+        metrics = evaluate_model(_model(), _config(reference, num_samples=3, bootstrap=16))
+    assert set(metrics) == {"fid_3", "generation_images_per_s", "eval_seconds"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["fid_3: no std/interval: 3 samples, resampling needs at least 4"]
 
 
 @pytest.mark.parametrize(("changes", "world", "message"), [

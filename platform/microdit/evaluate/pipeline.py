@@ -158,6 +158,8 @@ def evaluate_model(
         if cfg.bootstrap and cfg.num_actors:
             log.warning("%s: no std/interval: Ray actors return moments, not the feature rows resampling needs",
                         name)
+        elif cfg.bootstrap:  # asked for, so say why it is missing
+            log.warning("%s: no std/interval: %d samples, resampling needs at least 4", name, stats.count)
         metrics = {name: fid_from_stats(stats, reference.stats)}
     metrics["generation_images_per_s"] = all_reduce_sum(len(images) / max(gen_seconds, 1e-9), world)
     scorer = load_clip_scorer(cfg.clip_model)
