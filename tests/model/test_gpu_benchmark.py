@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from microdit.benchmarks.gpu import main
-from microdit.model.memory import GIB, estimate_memory
+from microdit.benchmarks.gpu import main, memory_fraction, parse_args
+from microdit.model.memory import GIB, H100_80GB_BYTES, estimate_memory
 from microdit.model.sizes import model_config
 
 
@@ -48,6 +48,28 @@ def test_time_budget_skips_rows_instead_of_overrunning(tmp_path):
     record = json.loads(out.read_text())
     assert record["rows"][0]["note"] == "skipped: time budget spent" and record["rows"][0]["images_per_s"] is None
     assert record["fid"] == {"note": "skipped: time budget spent"}
+
+
+def test_memory_cap_is_the_memory_models_h100_capacity():
+    """The default cap is the memory model's 81,559 MiB (not 80e9 bytes = 74.5 GiB, which called
+    rows that fit an H100 "out of memory"), applied as a fraction of whatever card runs it."""
+    default = parse_args([]).memory_cap_gib * GIB
+    assert default == H100_80GB_BYTES == 81_559 * 2**20
+    h200 = 143_771 * 2**20  # a larger card: the fraction leaves exactly the H100's bytes
+    assert memory_fraction(default, h200) * h200 == pytest.approx(H100_80GB_BYTES, abs=1)
+    assert memory_fraction(default, H100_80GB_BYTES) is None  # the H100 itself: no cap needed
+    assert memory_fraction(0, h200) is None  # --memory-cap-gib 0: none
+
+
+def test_checkpointed_rows_with_a_pinned_backend_run(tmp_path):
+    """Activation checkpointing with a pinned attention backend (math on CPU) trains: before, the
+    recompute in backward ran outside the pin and the first backward raised CheckpointError."""
+    out = tmp_path / "gpu.json"
+    assert main(["--device", "cpu", "--size", "MicroDiT_Nano_2", "--rows", "64:0.75:2", "--steps", "1", "--warmup",
+                 "1", "--eager", "--no-compile", "--fid-samples", "0", "--activation-checkpointing",
+                 "--attention-kernel", "math", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["images_per_s"] > 0 and row["note"] == ""
 
 
 @pytest.mark.gpu

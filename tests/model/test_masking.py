@@ -44,7 +44,7 @@ def test_naive_drops_right_after_the_position_embedding():
     embed, first = Capture(model.x_embedder), Capture(model.blocks[0])
     with torch.no_grad():
         out = model(x, c_noise, y, mask_ratio=0.75, generator=torch.Generator().manual_seed(2))
-    embedded = embed.outputs[0] + model.pos_embed(16, 16, x.device, x.dtype)  # (N, T, D)
+    embedded = embed.outputs[0] + model.positions(16, 16)  # (N, T, D)
     assert torch.equal(first.inputs[0], gather_tokens(embedded, out.keep_idx))  # (N, K, D)
 
 
@@ -56,7 +56,7 @@ def test_deferred_drops_after_the_mixer(config):
     mix_in, mix_out = Capture(model.patch_mixer[0]), Capture(model.patch_mixer[-1])
     with torch.no_grad():
         out = model(x, c_noise, y, mask_ratio=0.75, generator=torch.Generator().manual_seed(2))
-        embedded = embed.outputs[0] + model.pos_embed(16, 16, x.device, x.dtype)  # (N, T, D)
+        embedded = embed.outputs[0] + model.positions(16, 16)  # (N, T, D)
         if config.mixer_width != config.width:
             embedded = model.patch_mixer_map_xin(embedded)
         assert torch.equal(mix_in.inputs[0], embedded)  # nothing dropped before the mixer

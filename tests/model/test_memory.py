@@ -15,7 +15,7 @@ import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
+from model_testing import cuda_autocast_policy
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from microdit.cli.main import main
@@ -89,33 +89,10 @@ def test_math_attention_saves_the_attention_matrix(ratio):
     assert math > flash
 
 
-@contextlib.contextmanager
-def _cuda_autocast_policy():
-    """CUDA autocast's policy for our ops, emulated under CPU autocast: ``layer_norm`` runs in
-    fp32 (CPU autocast keeps it bf16) and SDPA casts its inputs to bf16."""
-    layer_norm, sdpa = F.layer_norm, F.scaled_dot_product_attention
-
-    def fp32_layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
-        if not torch.is_autocast_enabled("cpu"):  # autocast off (a low-precision norm): as given
-            return layer_norm(x, shape, weight, bias, eps)
-        with torch.autocast("cpu", enabled=False):
-            as32 = [None if t is None else t.float() for t in (weight, bias)]
-            return layer_norm(x.float(), shape, *as32, eps)
-
-    def bf16_sdpa(q, k, v, *args, **kwargs):
-        return sdpa(*(t.to(torch.bfloat16) for t in (q, k, v)), *args, **kwargs)
-
-    F.layer_norm, F.scaled_dot_product_attention = fp32_layer_norm, bf16_sdpa
-    try:
-        yield
-    finally:
-        F.layer_norm, F.scaled_dot_product_attention = layer_norm, sdpa
-
-
 @pytest.mark.parametrize("policy", ["cpu", "cuda"])
 def test_bf16_autocast_activations(policy):
     """bf16: CPU autocast as is, and the CUDA policy emulated (fp32 norms save ~40% more)."""
-    context = _cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
+    context = cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
     with context:
         measured = _marginal("MicroDiT_Nano_2", 0.75, bf16=True)
     predicted = _predicted("MicroDiT_Nano_2", 0.75, precision="bf16", device=policy)
@@ -127,7 +104,7 @@ def test_bf16_autocast_activations(policy):
 def test_low_precision_norms_save_bf16_copies(policy):
     """Every LayerNorm in bf16 (the official recipe): on the CUDA policy it drops the fp32 copies
     of normed activations; the model replays that within 10%."""
-    context = _cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
+    context = cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
     with context:
         measured = _marginal("MicroDiT_Nano_2", 0.75, bf16=True, low_precision_norms=True)
         fp32_norms = _marginal("MicroDiT_Nano_2", 0.75, bf16=True)
@@ -190,9 +167,18 @@ def test_ddp_and_fsdp_accounting():
     assert ddp.gradients == single.gradients == 4 * params and ddp.optimizer == 8 * params
     assert ddp.grad_buckets == 4 * params and single.grad_buckets == 0  # no DDP wrapper on one GPU
     assert fsdp.gradients == 4 * params // w and fsdp.optimizer == 8 * params // w and fsdp.grad_buckets == 0
-    assert fsdp.parameters == 4 * params + 4 * params // w  # gathered for fwd+bwd (SHARD_GRAD_OP) + shard
-    assert fsdp.activations == ddp.activations and fsdp.weight_copies == ddp.weight_copies
+    # MixedPrecisionPolicy: parameters gathered in bf16 for fwd+bwd (SHARD_GRAD_OP) + the fp32 shard,
+    # and no autocast weight copies (the gathered weights already are bf16)
+    assert fsdp.parameters == 2 * params + 4 * params // w and fsdp.weight_copies == 0
+    assert ddp.weight_copies == 2 * parameter_stats(cfg).matmul
+    assert fsdp.activations == ddp.activations
     assert fsdp.total < ddp.total
+    fp32_fsdp = estimate_memory(cfg, 32, 0.75, 64, strategy="fsdp", world_size=w, precision="fp32")
+    assert fp32_fsdp.parameters == 4 * params + 4 * params // w
+    # accumulation: FSDP holds the unsharded (bf16) gradients until the last micro-batch's reduce-scatter
+    accumulating = estimate_memory(cfg, 32, 0.75, 64, strategy="fsdp", world_size=w, accumulation=4)
+    assert accumulating.accumulated_grads == 2 * params and accumulating.total - fsdp.total == 2 * params
+    assert estimate_memory(cfg, 32, 0.75, 64, strategy="ddp", world_size=w, accumulation=4).total == ddp.total
     # fp32 weights + grads + AdamW, unsharded: SPEC §8's ~17.4 GiB
     assert (single.parameters + single.gradients + single.optimizer) / GIB == pytest.approx(17.37, abs=0.01)
     fp32 = estimate_memory(cfg, 32, 0.75, 64, precision="fp32")
@@ -240,17 +226,26 @@ def test_cli_memory_table(capsys):
 
 
 def test_paper_micro_batches_come_from_the_memory_model():
-    """Each paper phase's micro-batch fits an 80 GB H100 under its strategy (EMA phases include the
-    EMA copy) and twice it does not: the largest power of two, not a guess."""
+    """Each paper phase's micro-batch fits an 80 GB H100 under its strategy with exactly the state the
+    loop holds in that phase (the EMA copy in phases 3-4 only) and twice it does not: the largest
+    power of two, not a guess."""
     from microdit.config.recipe import load_recipe
     from microdit.model.memory import max_micro_batch
+    from microdit.train.phases import ema_held
+    from microdit.train.predict import phase_memory
 
     paper = load_recipe("paper")
     config = paper.architecture()
-    for phase in paper.phases:
+    assert [ema_held(paper, i) for i in range(4)] == [False, False, True, True]
+    res = paper.resources
+    for index, phase in enumerate(paper.phases):
         largest = max_micro_batch(config, phase.resolution // paper.vae_factor, phase.mask_ratio,
-                                  strategy=paper.resources.strategy, world_size=paper.resources.num_workers,
-                                  ema=phase.ema_half_life_images is not None,
-                                  low_precision_norms=paper.resources.low_precision_norms,
-                                  activation_checkpointing=paper.resources.activation_checkpointing)
+                                  strategy=res.strategy, world_size=res.num_workers, ema=ema_held(paper, index),
+                                  low_precision_norms=res.low_precision_norms,
+                                  activation_checkpointing=res.activation_checkpointing)
         assert phase.micro_batch <= largest < 2 * phase.micro_batch, (phase.name, phase.micro_batch, largest)
+        assert phase_memory(paper, index).fits()
+        assert not phase_memory(paper, index, micro_batch=2 * phase.micro_batch).fits()
+    # the EMA copy held from step 0 (as before) would not fit phase 1's official micro-batch of 256
+    held_from_start = estimate_memory(config, 32, 0.75, 256, world_size=8, ema=True, low_precision_norms=True)
+    assert held_from_start.total > H100_80GB_BYTES > phase_memory(paper, 0).total

@@ -7,9 +7,12 @@ names, buffers and forward), randomly initialised everywhere so every path is no
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
+from model_testing import cuda_autocast_policy
 from official_reference import RefDiT
 
 from microdit.errors import ConfigError
@@ -85,8 +88,10 @@ def test_state_dict_names_and_shapes_match(variant):
     assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
     # their persistent pos_embed buffer equals the table we recompute
     grid = kwargs["input_size"] // kwargs["patch_size"]
-    ours_table = ours.pos_embed(grid, grid, torch.device("cpu"), torch.float32)
-    assert torch.equal(ours_table, ref.pos_embed)
+    ours_table = ours.positions(grid, grid)
+    assert torch.equal(ours_table, ref.pos_embed) and ours_table.dtype == torch.float32
+    assert dict(ours.named_buffers())["pos_embed"] is ours_table  # kept as a buffer, not a dict cache
+    assert "pos_embed" not in ours.state_dict()  # recomputed, never saved: checkpoints stay as they were
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -120,6 +125,47 @@ def test_masked_outputs_match_with_the_same_kept_patches(variant, mask_ratio):
     assert torch.equal(got.mask, expected["mask"])
     assert expected["sample"].abs().max() > 0.5
     assert (got.sample - expected["sample"]).abs().max().item() < 1e-5
+
+
+def _stream_dtypes(model: torch.nn.Module) -> tuple[dict[str, list[torch.dtype]], list]:
+    """Records the dtype of the residual stream entering and leaving every mixer and backbone block."""
+    seen: dict[str, list[torch.dtype]] = {"mixer in": [], "mixer out": [], "blocks in": [], "blocks out": []}
+
+    def hooks(name: str, block: torch.nn.Module) -> list:
+        out = block.register_forward_hook(lambda _m, _a, o: seen[f"{name} out"].append(
+            (o[0] if isinstance(o, tuple) else o).dtype))
+        return [block.register_forward_pre_hook(lambda _m, a: seen[f"{name} in"].append(a[0].dtype)), out]
+
+    handles = [h for name in ("mixer", "blocks")
+               for block in getattr(model, "patch_mixer" if name == "mixer" else "blocks") for h in hooks(name, block)]
+    return seen, handles
+
+
+@pytest.mark.parametrize("policy", ["cpu", "cuda"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_residual_stream_dtypes_under_autocast_match_the_official_module(variant, policy):
+    """Under bf16 autocast (CPU's policy, and CUDA's emulated: fp32 LayerNorm) every block sees and
+    returns the residual stream in the official module's dtype: fp32 from the position buffer on
+    (their ``x_embedder(x) + pos_embed`` promotes the bf16 patches), bf16 after a width map's linear."""
+    kwargs = VARIANTS[variant]
+    ref = _reference(kwargs)
+    ours = load_official_checkpoint(ref.state_dict(), **kwargs).eval()
+    x, t, y = _inputs(kwargs)
+    theirs, their_hooks = _stream_dtypes(ref)
+    mine, my_hooks = _stream_dtypes(ours)
+    policy_context = cuda_autocast_policy() if policy == "cuda" else contextlib.nullcontext()
+    with policy_context, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = ref(x, t, y)["sample"]
+        got = ours(x, t, y.squeeze(1)).sample
+    for handle in their_hooks + my_hooks:
+        handle.remove()
+    assert mine == theirs
+    assert got.dtype == expected.dtype
+    width_map = kwargs["patch_mixer_dim"] != kwargs["dim"]
+    # the embedded tokens are fp32 on both: the mixer stream too without a width map, bf16 after one
+    assert set(theirs["mixer in"]) == {torch.bfloat16 if width_map else torch.float32}
+    if not width_map:
+        assert set(theirs["blocks out"]) == {torch.float32}
 
 
 def test_mismatched_state_dict_raises_config_error_naming_the_problem():

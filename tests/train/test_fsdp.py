@@ -88,6 +88,84 @@ def _train(strategy: str, rank: int, world: int) -> dict:
     return result
 
 
+ACCUMULATION = 2  # micro-batches per optimizer step in the collective-counting run
+
+
+def _count_collectives(precision: str, rank: int, world: int) -> dict:
+    """Two FSDP optimizer steps of 2 micro-batches each, through the loop's ``gradient_sync`` (and, for
+    comparison, with a reduce-scatter after every micro-batch, what the loop did before): per step, the
+    reduce-scatters and their dtype, and the dtype the parameters are all-gathered in."""
+    import torch.distributed as dist
+
+    from microdit.config.recipe import load_recipe
+    from microdit.diffusion import EDMDenoiser, edm_loss
+    from microdit.model.microdit import MicroDiT
+    from microdit.model.sizes import model_config
+    from microdit.train.parallel import gradient_sync, prepare_model_and_optimizer
+
+    recipe = load_recipe("demo", ["resources.strategy=fsdp", f"resources.precision={precision}", PHASES])
+    seen = {"reduce_scatter": [], "all_gather": []}
+    reduce_scatter, all_gather = dist.reduce_scatter_single, dist.all_gather_single
+
+    def counting_reduce_scatter(output, input, *args, **kwargs):
+        seen["reduce_scatter"].append(input.dtype)
+        return reduce_scatter(output, input, *args, **kwargs)
+
+    def counting_all_gather(output, input, *args, **kwargs):
+        seen["all_gather"].append(input.dtype)
+        return all_gather(output, input, *args, **kwargs)
+
+    dist.reduce_scatter_single, dist.all_gather_single = counting_reduce_scatter, counting_all_gather
+    result: dict = {}
+    try:
+        for deferred in (True, False):
+            torch.manual_seed(0)
+            model = MicroDiT(model_config("MicroDiT_Nano_4"))
+            train_model, optimizer = prepare_model_and_optimizer(model, recipe, torch.device("cpu"), world)
+            per_step = []
+            for step in range(2):
+                for kind in seen.values():
+                    kind.clear()
+                for micro in range(ACCUMULATION):
+                    data = torch.Generator().manual_seed(100 * rank + 10 * step + micro)
+                    x0 = torch.randn(MICRO, 3, 32, 32, generator=data)
+                    y = torch.randn(MICRO, CAPTION_LEN, 384, generator=data)
+                    last = micro == ACCUMULATION - 1
+                    with gradient_sync(train_model, model, enabled=last or not deferred), \
+                            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        loss = edm_loss(EDMDenoiser(train_model), x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=0.5,
+                                        generator=data).loss
+                        (loss / ACCUMULATION).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                per_step.append({k: list(v) for k, v in seen.items()})
+            result["deferred" if deferred else "every_micro_batch"] = per_step
+            result["units"] = len(model.patch_mixer) + len(model.blocks) + 1  # each block + the root
+    finally:
+        dist.reduce_scatter_single, dist.all_gather_single = reduce_scatter, all_gather
+    return result
+
+
+def _step_sync(rank: int, world: int) -> dict:
+    """The loop's per-step sync with rank-dependent inputs, counting the collectives it makes."""
+    import torch.distributed as dist
+
+    from microdit.train.parallel import step_sync
+
+    calls = []
+    all_gather, all_reduce = dist.all_gather, dist.all_reduce
+    dist.all_gather = lambda *a, **k: calls.append("all_gather") or all_gather(*a, **k)
+    dist.all_reduce = lambda *a, **k: calls.append("all_reduce") or all_reduce(*a, **k)
+    try:
+        answer = step_sync(torch.tensor(1.0 + rank), 0.25 * (rank + 1), over_budget=rank == 1,
+                           device=torch.device("cpu"), world=world)
+        quiet = step_sync(torch.tensor(3.0), 0.5, over_budget=False, device=torch.device("cpu"), world=world)
+    finally:
+        dist.all_gather, dist.all_reduce = all_gather, all_reduce
+    return {"answer": answer, "quiet": quiet, "calls": calls}
+
+
 def _worker(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -95,6 +173,8 @@ def _worker(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         results = {strategy: _train(strategy, rank, world) for strategy in ("ddp", "fsdp")}
+        results["collectives"] = {p: _count_collectives(p, rank, world) for p in ("fp32", "bf16")}
+        results["step_sync"] = _step_sync(rank, world)
     finally:
         dist.destroy_process_group()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -114,8 +194,37 @@ def _spawn(tmp_path: Path, timeout_s: float = 300.0) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def test_fsdp_matches_ddp_loss_curve_for_5_steps_on_gloo(tmp_path):
-    ranks = _spawn(tmp_path)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    return _spawn(tmp_path_factory.mktemp("fsdp"))
+
+
+def test_step_sync_is_one_collective_with_one_answer_on_every_rank(ranks):
+    """The training step's single sync: one all-gather gives every rank the mean loss, the largest
+    phase spend and whether any rank is over budget (ranks 0/1 sent losses 1/2, spends 0.25/0.5,
+    over-budget False/True)."""
+    for rank in ranks:
+        assert rank["step_sync"]["answer"] == (1.5, 0.5, True)
+        assert rank["step_sync"]["quiet"] == (3.0, 0.5, False)
+        assert rank["step_sync"]["calls"] == ["all_gather", "all_gather"]  # one per step, nothing else
+
+
+def test_fsdp_reduce_scatters_once_per_step_and_gathers_bf16(ranks):
+    """Gradient accumulation under FSDP2 reduce-scatters once per optimizer step (at the last
+    micro-batch), not once per micro-batch; under bf16 the parameters are all-gathered in bf16 and
+    the gradients reduced in fp32 (``MixedPrecisionPolicy``), in fp32 throughout otherwise."""
+    for precision, counted in ranks[0]["collectives"].items():
+        units = counted["units"]
+        for step in counted["deferred"]:
+            assert len(step["reduce_scatter"]) == units, (precision, step)
+            assert set(step["reduce_scatter"]) == {torch.float32}
+            assert set(step["all_gather"]) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        for step in counted["every_micro_batch"]:  # the loop before: no FSDP2 equivalent of no_sync
+            assert len(step["reduce_scatter"]) == ACCUMULATION * units
+    assert ranks[1]["collectives"] == ranks[0]["collectives"]
+
+
+def test_fsdp_matches_ddp_loss_curve_for_5_steps_on_gloo(ranks):
     for strategy in ("ddp", "fsdp"):  # the all-reduced curves are the same on both ranks
         assert ranks[0][strategy]["losses"] == ranks[1][strategy]["losses"]
     ddp, fsdp = ranks[0]["ddp"], ranks[0]["fsdp"]

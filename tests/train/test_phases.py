@@ -131,6 +131,31 @@ def test_phase_start_decisions():
     assert phase_start_actions(second, 1, 0).reset_optimizer_state is True
 
 
+def test_the_ema_copy_is_held_only_while_a_phase_runs_one():
+    """The fp32 EMA copy exists in EMA phases only: created when the first one starts (from the weights
+    of that moment), kept into a following EMA phase, freed when a phase without one starts."""
+    from types import SimpleNamespace
+
+    from microdit.train.loop import WorkerRun
+    from microdit.train.phases import ema_held
+
+    paper = load_recipe("paper")
+    assert [ema_held(paper, i) for i in range(-1, 5)] == [False, False, False, True, True, False]
+    phases = [p.to_dict() for p in _three_phases().phases]  # ema, none, none
+    recipe = _three_phases(phases=[phases[1], phases[0], phases[0], phases[2]])  # none, ema, ema, none
+    run = SimpleNamespace(recipe=recipe, model=_nano(), ema=None, device=torch.device("cpu"))
+    held = []
+    for index in range(4):  # what the loop does at each phase start
+        WorkerRun.hold_ema(run, index)
+        held.append(run.ema)
+        if index == 0:
+            with torch.no_grad():  # training moves the weights before the EMA phase starts
+                run.model.final_layer.linear.weight.add_(1.0)
+    assert held[0] is None and held[3] is None
+    assert held[1] is not None and held[2] is held[1]  # one copy through consecutive EMA phases
+    assert torch.equal(held[1].shadow["final_layer.linear.weight"], run.model.final_layer.linear.weight)
+
+
 def test_paper_recipe_matches_the_official_transitions():
     paper = load_recipe("paper")
     assert [p.optimizer_state for p in paper.phases] == ["keep", "keep", "reset", "keep"]
@@ -148,7 +173,7 @@ def test_phase_masking_reaches_the_forward(strategy, mixer_tokens):
 
     model = _nano()
     seen: list[int] = []
-    model.patch_mixer[0].register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    model.patch_mixer[0].register_forward_hook(lambda m, args, out: seen.append(out[0].shape[1]))  # (x, router stats)
     generator = torch.Generator().manual_seed(0)
     out = edm_loss(EDMDenoiser(model), torch.randn(2, 3, 32, 32), torch.randn(2, 8, 8), p_mean=-0.6, p_std=1.2,
                    mask_ratio=0.5, masking=strategy, generator=generator)
@@ -221,8 +246,8 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     optimizer, with a worker failure in the first step of phase 2 (resumed from the checkpoint at
     the phase boundary). Each phase's LR schedule is logged step by step; final weights are phase
     3's live weights; AdamW's step counter restarts at phase 3; phase 3 reads only real rows; the
-    retry re-reads exactly the rows the failed attempt read; a relaunch with a changed recipe is
-    refused, naming the key."""
+    retry re-reads exactly the rows the failed attempt read; no EMA copy is held after the EMA phase;
+    a relaunch with a changed recipe is refused, naming the key."""
     from train_testing import mlflow_client, read_id_lines
 
     from microdit.train.trainer import run_training
@@ -254,7 +279,8 @@ def test_three_phase_run_applies_each_phase_setting(train_demo, tmp_path):
     assert sorted(states) == [2, 4, 6]
     adam_steps = {step: {int(s["step"]) for s in state["optimizer"]["state"].values()} for step, state in states.items()}
     assert adam_steps == {2: {2}, 4: {4}, 6: {2}}  # kept across 1 -> 2, reset at phase 3
-    assert states[2]["ema"]["updates"] == 2 and states[6]["ema"]["updates"] == 0
+    # the EMA copy exists only while an EMA phase runs: phase 1's is in its end checkpoint, then freed
+    assert states[2]["ema"]["updates"] == 2 and states[4]["ema"] is None and states[6]["ema"] is None
 
     final = final_state(summary.weights)
     assert final["meta"]["ema"] is False  # phase 3 ran no EMA: its live weights, not phase 1's average

@@ -204,6 +204,20 @@ def test_dry_run_cli_prints_the_prediction(capsys):
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split() == ["total", "686,080,000", "62.69", "501.52", "$1,900.76"]
     assert out.index("predicted cost") < out.index("parameters:") < out.index("recipe:")  # the answer first
+    # the memory table: exactly the state each phase holds (EMA in phases 3-4 only), DDP over 8 H100s
+    memory = lines[lines.index("predicted peak GPU memory per worker (microdit.model.memory):") + 1:]
+    assert memory[0].split() == ["phase", "micro-batch", "EMA", "peak/worker", "fits", "largest"]
+    assert [line.split() for line in memory[2:6]] == [
+        ["p1-256-masked", "256", "no", "76.45", "GiB", "yes", "271"],
+        ["p2-256-unmasked", "64", "no", "57.07", "GiB", "yes", "108"],
+        ["p3-512-masked", "64", "yes", "76.96", "GiB", "yes", "67"],
+        ["p4-512-unmasked", "16", "yes", "60.45", "GiB", "yes", "25"]]
+    assert memory[6] == "(ddp over 8 workers; an 80 GB H100 holds 79.65 GiB)"
+    assert main(["train", "paper", "--dry-run", "--set", "phases[1].micro_batch=128"]) == 0  # twice the official
+    p2 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("p2-") and "GiB" in line)
+    assert p2.split()[:3] == ["p2-256-unmasked", "128", "no"] and p2.split()[-2:] == ["NO", "108"]
+    assert main(["train", "demo", "--dry-run"]) == 0
+    assert "predicted peak GPU memory" not in capsys.readouterr().out  # CPU recipes: no GPU memory table
     assert main(["train", "demo", "--set", "phases[0].batch_size=33"]) == 2
     assert "phases[0].batch_size=33" in capsys.readouterr().err
 

@@ -15,8 +15,14 @@
    and, if the packaged FID Inception is missing, torchvision's Inception-v3 architecture is
    used at random init: the same FLOPs, so the timing holds; the label says which ran.
 
-``--memory-cap-gb 80`` caps the process with ``torch.cuda.set_per_process_memory_fraction`` so
-"fits an 80 GB H100" is measured on a larger card. Needs torch, einops and pydantic (no Ray):
+Each row compiles its own fresh model with static shapes (``dynamo`` reset between rows, so a row
+never inherits a dynamic-shape recompile from the previous one) and reports its compile time (the
+warm-up steps' time beyond the steady step time).
+
+``--memory-cap-gib`` caps the process with ``torch.cuda.set_per_process_memory_fraction`` so "fits
+an 80 GB H100" is measured on a larger card; its default is the memory model's own capacity
+(``H100_80GB_BYTES``, 81,559 MiB, what an 80 GB H100 reports), so the measured "fits" and the
+predicted one use the same number. Needs torch, einops and pydantic (no Ray):
 ``PYTHONPATH=platform python jobs/benchmark.py gpu``. ``--device cpu`` with a tiny size is the
 smoke test the CPU suite runs.
 """
@@ -29,13 +35,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch._dynamo
 
 from microdit.diffusion import EDMDenoiser, edm_loss
 from microdit.model import MicroDiT
-from microdit.model.attention import attention_kernel
 from microdit.model.flops import train_flops_per_image
-from microdit.model.memory import GIB, estimate_memory
+from microdit.model.memory import GIB, H100_80GB_BYTES, estimate_memory
 from microdit.model.sizes import model_config
+from microdit.train.parallel import compile_model
 
 H100_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
 OFFICIAL_ROWS = "256:0.75:256,256:0:64,512:0.75:64"  # resolution:mask:micro-batch (SPEC §4 configs)
@@ -59,6 +66,7 @@ class StepRow:
     mfu_measured: float | None = None
     peak_gib: float | None = None
     predicted_gib: float | None = None
+    compile_s: float | None = None  # warm-up time beyond args.warmup steady steps (compile rows)
     note: str = ""
 
 
@@ -81,39 +89,55 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 20) -> flo
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+def memory_fraction(cap_bytes: float, total_bytes: int) -> float | None:
+    """The ``set_per_process_memory_fraction`` that caps a card of ``total_bytes`` at ``cap_bytes``
+    (None: no cap asked, or the card is no larger than the cap)."""
+    if not cap_bytes or cap_bytes >= total_bytes:
+        return None
+    return cap_bytes / total_bytes
+
+
 def time_training(args: argparse.Namespace, device: torch.device, resolution: int, ratio: float, batch: int,
-                  compiled: bool) -> float:
-    """Seconds per training step (mean over ``args.steps`` after ``args.warmup``, compile included in warm-up)."""
+                  compiled: bool) -> tuple[float, float]:
+    """(seconds per training step, mean over ``args.steps`` after ``args.warmup``; seconds the warm-up
+    took beyond ``args.warmup`` steady steps, i.e. compilation)."""
     cfg = model_config(args.size)
     torch.manual_seed(0)
     model = MicroDiT(cfg.replace(masking="deferred") if cfg.use_mixer else cfg).to(device)
     model.set_low_precision_norms(args.low_precision_norms)
     model.activation_checkpointing = args.activation_checkpointing
-    forward_model = torch.compile(model) if compiled else model
+    model.attention_kernel = args.attention_kernel  # pinned in the forward and in any checkpoint recompute
+    latent = resolution // 8
+    model.use_grid(latent // cfg.patch_size, latent // cfg.patch_size)
+    if compiled:
+        torch._dynamo.reset()  # a fresh, static compile per row (no dynamic-shape recompile from the last)
+    forward_model = compile_model(model) if compiled else model
     denoiser = EDMDenoiser(forward_model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
-    latent = resolution // 8
     x0 = torch.randn(batch, cfg.latent_channels, latent, latent, device=device)
     y = torch.randn(batch, args.caption_len, cfg.caption_dim, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     bf16 = device.type == "cuda"
 
     def step() -> None:
-        with attention_kernel(args.attention_kernel), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             loss = edm_loss(denoiser, x0, y, p_mean=-0.6, p_std=1.2, mask_ratio=ratio, generator=generator).loss
-        loss.backward()
+        loss.backward()  # outside autocast, as a training loop does
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    started = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync(device)
+    warmup = time.perf_counter() - started
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync(device)
-    return (time.perf_counter() - start) / args.steps
+    seconds = (time.perf_counter() - start) / args.steps
+    return seconds, max(warmup - args.warmup * seconds, 0.0)
 
 
 def training_rows(args: argparse.Namespace, device: torch.device, matmul: float | None, deadline: float) -> list[StepRow]:
@@ -137,11 +161,12 @@ def training_rows(args: argparse.Namespace, device: torch.device, matmul: float 
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                seconds = time_training(args, device, resolution, ratio, batch, mode == "compile")
+                seconds, compile_s = time_training(args, device, resolution, ratio, batch, mode == "compile")
             except torch.OutOfMemoryError:
-                row.note = f"out of memory under the {args.memory_cap_gb:g} GB cap"
+                row.note = f"out of memory under the {args.memory_cap_gib:g} GiB cap"
                 print_row(row)
                 continue
+            row.compile_s = round(compile_s, 1) if mode == "compile" else None
             flops = train_flops_per_image(cfg, resolution // 8, ratio, args.caption_len) * batch / seconds
             row.seconds_per_step, row.images_per_s = round(seconds, 4), round(batch / seconds, 1)
             row.tflops, row.mfu_h100 = round(flops / 1e12, 1), round(flops / H100_PEAK, 4)
@@ -159,7 +184,7 @@ def print_row(row: StepRow) -> None:
     print(f"{row.resolution:>5} {row.mask_ratio:>5g} {row.micro_batch:>6} {row.mode:>8} "
           f"{fmt(row.seconds_per_step, '8.3f'):>8} {fmt(row.images_per_s, '9.1f'):>9} {fmt(row.tflops, '8.1f'):>8} "
           f"{fmt(row.mfu_h100, '7.1%'):>7} {fmt(row.mfu_measured, '7.1%'):>7} {fmt(row.peak_gib, '7.1f'):>7} "
-          f"{fmt(row.predicted_gib, '7.1f'):>7}  {row.note}", flush=True)
+          f"{fmt(row.predicted_gib, '7.1f'):>7} {fmt(row.compile_s, '8.1f'):>8}  {row.note}", flush=True)
 
 
 def fid_sampling(args: argparse.Namespace, device: torch.device) -> dict:
@@ -175,8 +200,8 @@ def fid_sampling(args: argparse.Namespace, device: torch.device) -> dict:
     result: dict = {"samples": args.fid_samples, "resolution": args.fid_resolution, "steps": args.fid_steps}
     sync(device)
     start = time.perf_counter()
-    with attention_kernel(args.attention_kernel):
-        latents = generate_latents(model, text, latent, args, device)
+    model.attention_kernel = args.attention_kernel
+    latents = generate_latents(model, text, latent, args, device)
     sync(device)
     result["generate_images_per_s"] = round(args.fid_samples / (time.perf_counter() - start), 1)
     try:
@@ -259,7 +284,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fp32-norms", dest="low_precision_norms", action="store_false",
                         help="LayerNorms in fp32 (default: bf16, the official low_precision_layernorm)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
-    parser.add_argument("--memory-cap-gb", type=float, default=80.0, help="cap the process's GPU memory (0: none)")
+    parser.add_argument("--memory-cap-gib", type=float, default=H100_80GB_BYTES / GIB,
+                        help="cap the process's GPU memory in GiB (0: none); default: an 80 GB H100's "
+                             "81,559 MiB, the memory model's capacity")
     parser.add_argument("--fid-samples", type=int, default=1000, help="FID sampling images timed (0: skip)")
     parser.add_argument("--fid-resolution", type=int, default=256, help="FID sampling resolution")
     parser.add_argument("--fid-steps", type=int, default=30, help="Heun steps per sample")
@@ -286,14 +313,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         total = torch.cuda.get_device_properties(device).total_memory
-        if args.memory_cap_gb and args.memory_cap_gb * 1e9 < total:
-            torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 1e9 / total, device)
-        header["memory_gb"] = round(total / 1e9, 1)
+        fraction = memory_fraction(args.memory_cap_gib * GIB, total)
+        if fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(fraction, device)
+        header["memory_gib"] = round(total / GIB, 2)
+        header["memory_cap_gib"] = round(args.memory_cap_gib, 2) if fraction is not None else None
     matmul = matmul_tflops(device) if device.type == "cuda" else None
     header["matmul_tflops"] = round(matmul, 1) if matmul else None
     print(json.dumps(header))
     print(f"{'res':>5} {'mask':>5} {'batch':>6} {'mode':>8} {'s/step':>8} {'img/s':>9} {'TFLOP/s':>8} "
-          f"{'MFU989':>7} {'MFUmm':>7} {'peakGiB':>7} {'predGiB':>7}")
+          f"{'MFU989':>7} {'MFUmm':>7} {'peakGiB':>7} {'predGiB':>7} {'compileS':>8}")
     rows = training_rows(args, device, matmul, deadline)
     fid = None
     if args.fid_samples > 0:

@@ -1,7 +1,11 @@
-"""The training loop against the model: the real demo loop vs plain forward+backward, and Ray Train overhead.
+"""The training loop against the model: the real demo loop vs plain forward+backward, Ray Train overhead,
+and the time the loop waits for its input.
 
-``python jobs/benchmark.py train [--part all|demo|overhead] [--recipe demo] [--set KEY=VALUE ...]
+``python jobs/benchmark.py train [--part all|demo|overhead|feed] [--recipe demo] [--set KEY=VALUE ...]
 [--ref-reps 12] [--steps 100] [--warmup 10] [--batch 8] [--threads 1] [--report-every 25] [--repeats 3]``
+
+**Part feed** (``--part feed``, not in ``all``): the data wait per step of the old synchronous fp32
+input path against ``train.feed.BatchFeed``; see ``microdit.benchmarks.feed`` for its options.
 
 **Part 1, demo loop vs model** (``--part demo``): runs the real ``microdit train demo`` (the
 recipe's ``TorchTrainer``, workers, data stream, logging, checkpoints and phase-end sample grids;
@@ -59,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py train", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("all", "demo", "overhead"),
+        choices=("all", "demo", "overhead", "feed"),
         default="all",
-        help="demo loop vs model, Ray overhead, or both",
+        help="demo loop vs model, Ray overhead, both (all), or the input wait per step (feed)",
     )
     parser.add_argument("--recipe", default="demo", help="part 1: the recipe to run (default demo)")
     parser.add_argument(
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, default=3, help="plain/Ray pairs, alternating (default 3)")
     parser.add_argument("--seed", type=int, default=0)
+    from microdit.benchmarks.feed import add_arguments
+
+    add_arguments(parser)
     return parser
 
 
@@ -375,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             log_to_driver=False,
         )
     connect_ray()
+    if args.part == "feed":
+        from microdit.benchmarks.feed import main as feed_main
+
+        feed_main(args)
+        return 0
     if args.part in ("all", "demo"):
         with tempfile.TemporaryDirectory(prefix="microdit-bench-demo-") as storage:
             demo_vs_model(args, storage)

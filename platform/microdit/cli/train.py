@@ -60,6 +60,11 @@ def dry_run(recipe, assume_mfu: float | None, images_per_s: float | None) -> Non
     print(f"predicted cost at {basis}, {recipe.resources.billed_devices} x {recipe.resources.accelerator} "
           f"at ${recipe.resources.hourly_price}/h per device:")
     print(format_prediction(predict(recipe, model, caption_len, assume_mfu=assume_mfu, images_per_s=images_per_s)))
+    if recipe.resources.use_gpu:
+        from microdit.train.predict import format_memory
+
+        print("predicted peak GPU memory per worker (microdit.model.memory):")
+        print(format_memory(recipe, model))
     counts = parameter_counts(model)
     print(f"parameters: {counts['total']:,} total, {counts['active']:,} active per token")
     for line in protocol_notes(recipe):

@@ -73,6 +73,8 @@ class MixedStream:
     cast then happens on the GPU (on CPU the fp16 -> fp32 cast is the stream's largest cost).
     ``in_memory_max_bytes``: a source whose needed columns fit is served from memory instead of
     Ray Data (default ``source_stream.IN_MEMORY_MAX_BYTES``; 0 always streams). Same rows, same order.
+    ``pin_memory``: the batch tensors are allocated in page-locked memory (CUDA's caching host
+    allocator reuses the blocks), so ``.to("cuda", non_blocking=True)`` is a real asynchronous copy.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class MixedStream:
         with_ids: bool = False,
         dtype: torch.dtype = torch.float32,
         in_memory_max_bytes: int | None = None,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: must be >= 1 per worker")
@@ -94,6 +97,7 @@ class MixedStream:
         if dtype not in (torch.float32, torch.float16):
             raise ConfigError(f"dtype={dtype}: MixedStream yields float32 (default) or float16 tensors")
         self.config, self.batch_size, self.with_ids, self.dtype = config, batch_size, with_ids, dtype
+        self.pin_memory = pin_memory
         self.rank, self.world_size = rank, world_size
         self.fraction = config.fraction
         wanted = {"real": self.fraction < 1, "synthetic": self.fraction > 0}
@@ -212,8 +216,8 @@ class MixedStream:
         pieces = (self.sources["real"].take(b - n_syn) if b - n_syn else []) + (
             self.sources["synthetic"].take(n_syn) if n_syn else []
         )
-        latent = torch.empty((b, *self.latent_shape), dtype=self.dtype)  # (B, C, h, w)
-        text = torch.empty((b, *self.text_shape), dtype=self.dtype)  # (B, L, Dy)
+        latent = torch.empty((b, *self.latent_shape), dtype=self.dtype, pin_memory=self.pin_memory)  # (B, C, h, w)
+        text = torch.empty((b, *self.text_shape), dtype=self.dtype, pin_memory=self.pin_memory)  # (B, L, Dy)
         latent_np, text_np = latent.numpy(), text.numpy()  # views: rows are cast straight into them
         lengths = np.empty((b,), dtype=np.int64)
         ids: list[str] = []

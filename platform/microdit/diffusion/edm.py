@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from microdit.model.masking import random_keep_indices
 from microdit.model.output import MicroDiTOutput
 
 SIGMA_DATA = 0.9  # std of the SDXL-VAE latents × scaling factor (SPEC §2, official code)
@@ -55,7 +56,10 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torc
 class EDMDenoiser(torch.nn.Module):
     """D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise, y) around a MicroDiT-style network (eq. 7).
 
-    The network is called as ``net(c_in·x, c_noise, y, mask_ratio=r, generator=g, keep_idx=k)``
+    The network is called as ``net(c_in·x, c_noise, y, mask_ratio=r, generator=g, keep_idx=k)``;
+    for a MicroDiT the random keep-indices are drawn here from ``generator`` (the draw the model
+    would make, same order, same values), so a compiled network never sees a ``torch.Generator``
+    (which ``torch.compile`` cannot trace: a graph break at every step).
     and returns a :class:`MicroDiTOutput`. ``c_in·x`` is cast to x's dtype (the model's input
     dtype); c_noise is float32 (the net's timestep embedder casts it). D is computed in σ's dtype
     (at least float32), so bf16 network outputs never set the precision of D.
@@ -84,6 +88,11 @@ class EDMDenoiser(torch.nn.Module):
         sigma = sigma.reshape(-1).expand(n) if sigma.numel() == 1 else sigma.reshape(n)  # (N,)
         c_in, c_skip, c_out, c_noise = edm_coefficients(sigma, self.sigma_data)  # each (N,)
         bc = (-1,) + (1,) * (x_noisy.ndim - 1)  # broadcast (N,) over (C, H, W)
+        patch = _patch_size(self.net)
+        if keep_idx is None and mask_ratio > 0 and patch is not None:  # drawn here, outside a compiled net
+            tokens = (x_noisy.shape[-2] // patch) * (x_noisy.shape[-1] // patch)
+            keep_idx = random_keep_indices(n, tokens, mask_ratio, generator, device=x_noisy.device)  # (N, K)
+            generator = None
         out = self.net(
             (c_in.view(bc) * x_noisy).to(x_noisy.dtype),  # (N, C, H, W)
             c_noise.float(),  # (N,)
@@ -96,6 +105,19 @@ class EDMDenoiser(torch.nn.Module):
         dt = c_skip.dtype
         denoised = c_skip.view(bc) * x_noisy.to(dt) + c_out.view(bc) * out.sample.to(dt)  # (N,C,H,W)
         return denoised, out
+
+
+def _patch_size(net: torch.nn.Module) -> int | None:
+    """The patch size of the MicroDiT inside ``net`` (through DDP's ``module`` and torch.compile's
+    ``_orig_mod``), or None for another network (which then draws its own mask)."""
+    for _ in range(4):
+        config = getattr(net, "config", None)
+        if config is not None and hasattr(config, "patch_size"):
+            return int(config.patch_size)
+        net = getattr(net, "module", None) or getattr(net, "_orig_mod", None)
+        if net is None:
+            return None
+    return None
 
 
 class EDMLossResult(NamedTuple):

@@ -182,7 +182,7 @@ class _Sim:
         self.save(self.new(slots * hidden, act.dtype))  # einsum's (E, N*k, h) copy of GELU's output
         out = self.new(slots * width, mm)
         self.mul(out, self.cast(gates, out.dtype))  # scale by routing probability
-        return self.cast(self.new(tokens * width, mm), x.dtype)  # scatter_add_, then .to(x.dtype)
+        return self.new(tokens * width, mm)  # scatter_add_ in the matmul dtype (returned as is)
 
     def run_block(self, cfg: ModelConfig, x: _T, c: _T, ctx: _T, *shape) -> tuple[_T, int]:
         """A block as the model runs it: checkpointed blocks save only their inputs (x, c, ctx)."""
@@ -314,7 +314,7 @@ def _activation_profile(
     sim.section = "embed"
     x_in = sim.new(ch * latent * latent, "fp32")  # c_in * x
     x = sim.linear(x_in, tokens, d)  # patch conv
-    x = sim.new(tokens * d, x.dtype)  # + fixed positions (cached in the tokens' dtype): nothing saved
+    x = sim.new(tokens * d, _promote(x.dtype, "fp32"))  # + the fp32 position buffer: an fp32 stream, nothing saved
     y = sim.new(length * cfg.caption_dim, "fp32")
     y = sim.linear(sim.layer_norm(sim.pointwise(sim.linear(y, length, d)), length, True), length, d)
     h = sim.self_attention(sim.layer_norm(y, length, True), length, d, d, cfg.head_dim)

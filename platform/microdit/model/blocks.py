@@ -50,13 +50,18 @@ class DiTBlock(nn.Module):
     def is_moe(self) -> bool:
         return isinstance(self.mlp, ExpertChoiceMoE)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(new residual stream (N, T, d), router statistics: empty for a dense FFN)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(
             c
         )  # 6 x (N, d)
         x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, d)
         x = x + self.cross_attn(self.norm2(x), context)
-        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
+        h = modulate(self.norm3(x), shift_mlp, scale_mlp)
+        out, stats = self.mlp(h) if self.is_moe else (self.mlp(h), {})
+        return x + gate_mlp[:, None] * out, stats
 
 
 class FinalLayer(nn.Module):

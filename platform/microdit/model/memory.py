@@ -13,7 +13,9 @@ Everything is derived from the architecture (``ModelConfig``), nothing is measur
   policy of the device: on CUDA, linears/convs/bmm/SDPA run in bf16 but ``layer_norm`` (and
   ``softmax``, ``pow``) run in fp32, so every norm saves an fp32 copy of its input and its fp32
   output feeds an fp32 modulate whose result each following linear casts (and saves) again in
-  bf16; after the first MoE block the residual stream is fp32. On CPU, autocast keeps
+  bf16. The token stream starts fp32 (bf16 patch embedding + the fp32 position buffer, the
+  official dtype flow) and stays fp32 until a linear (the mixer's width map) makes it bf16;
+  residual adds keep the wider dtype, MoE returns its matmul dtype. On CPU, autocast keeps
   ``layer_norm`` in bf16 (measured), which saves ~40% less: ``device="cpu"`` reproduces a CPU
   autocast measurement, ``device="cuda"`` is what a GPU saves.
 - **attention**: ``"flash"`` (flash / memory-efficient SDPA on GPU, and the fused CPU flash
@@ -24,10 +26,13 @@ Everything is derived from the architecture (``ModelConfig``), nothing is measur
   matmul weight that autocast caches for the step (everything but LayerNorm weights), an
   optional fp32 EMA copy. DDP (``world_size`` > 1) keeps everything full and adds its gradient
   buckets (≈ 1x the gradients, ``gradient_as_bucket_view=False``). FSDP ``SHARD_GRAD_OP``
-  (``fully_shard(reshard_after_forward=False)``) divides gradients and optimizer state by W,
-  keeps the full gathered fp32 parameters through forward and backward (plus the 1/W shard),
-  and needs the unsharded gradients of one unit (a block, or the root) plus its reduce-scatter
-  buffer while reducing.
+  (``fully_shard(reshard_after_forward=False)``) divides gradients and optimizer state by W and
+  keeps the full gathered parameters through forward and backward (plus the fp32 1/W shard): in
+  bf16 under bf16 precision (``MixedPrecisionPolicy(param_dtype=bf16)``; autocast then casts no
+  weight), and needs the unsharded gradients of one unit (a block, or the root, in the parameter
+  dtype) plus its fp32 reduce-scatter buffer while reducing. With gradient accumulation
+  (``accumulation`` > 1) FSDP defers the reduce-scatter to the last micro-batch, so the unsharded
+  gradients of the whole model (parameter dtype) are held across the micro-batches.
 - **workspace/other**: the backward peak is taken over the backward pass: when block i runs its
   backward, the activations saved up to block i are still alive, plus that block's gradient
   transients (gradients of the residual stream, of the widest intermediate, flash's fp32 dq
@@ -117,6 +122,7 @@ class MemoryEstimate:
     weight_copies: int  # bf16 autocast copies of matmul weights, cached for the step
     gradients: int  # fp32 gradients held (FSDP: this rank's shard)
     grad_buckets: int  # DDP's flat all-reduce buckets (≈ 1x gradients)
+    accumulated_grads: int  # FSDP with accumulation: unsharded gradients held until the last micro-batch
     optimizer: int  # AdamW exp_avg + exp_avg_sq, fp32 (FSDP: this rank's shard)
     ema: int  # fp32 EMA shadow when tracked
     activations_per_image: int  # saved for backward per image
@@ -133,7 +139,7 @@ class MemoryEstimate:
 
     @property
     def grads(self) -> int:
-        return self.gradients + self.grad_buckets
+        return self.gradients + self.grad_buckets + self.accumulated_grads
 
     @property
     def workspace(self) -> int:
@@ -195,12 +201,14 @@ def estimate_memory(
     masking: str | None = None,
     low_precision_norms: bool = False,
     activation_checkpointing: bool = False,
+    accumulation: int = 1,
 ) -> MemoryEstimate:
     """Predicted peak memory per GPU for a training step at ``micro_batch`` images per forward.
 
     ``precision="bf16"`` is bf16 autocast over fp32 master weights (the trainer's GPU mode);
     ``strategy`` "ddp" keeps full state on every rank (gradient buckets only when world_size > 1),
-    "fsdp" shards gradients and optimizer state over ``world_size`` ranks (SHARD_GRAD_OP).
+    "fsdp" shards gradients and optimizer state over ``world_size`` ranks (SHARD_GRAD_OP);
+    ``accumulation``: micro-batches per optimizer step (matters to FSDP, see the module docstring).
     """
     if micro_batch < 1:
         raise ValueError(f"micro_batch={micro_batch}: must be >= 1")
@@ -208,6 +216,8 @@ def estimate_memory(
         raise ValueError(f"world_size={world_size}: must be >= 1")
     if strategy not in ("ddp", "fsdp"):
         raise ValueError(f"strategy={strategy!r}: expected 'ddp' or 'fsdp'")
+    if accumulation < 1:
+        raise ValueError(f"accumulation={accumulation}: must be >= 1")
     stats = parameter_stats(config)
     prof = activation_profile(
         config,
@@ -224,6 +234,7 @@ def estimate_memory(
     p4 = 4 * stats.total
     sharded = strategy == "fsdp" and world_size > 1
     shard = world_size if sharded else 1
+    gathered = 2 if (sharded and precision == "bf16") else 4  # bytes per gathered FSDP parameter
     activations = micro_batch * prof.saved
     transient = micro_batch * prof.transient
     return MemoryEstimate(
@@ -232,16 +243,17 @@ def estimate_memory(
         strategy=strategy,
         world_size=world_size,
         attention=attention,
-        parameters=p4 + (p4 // world_size if sharded else 0),
-        weight_copies=2 * stats.matmul if precision == "bf16" else 0,
+        parameters=gathered * stats.total + p4 // world_size if sharded else p4,
+        weight_copies=2 * stats.matmul if precision == "bf16" and not sharded else 0,
         gradients=p4 // shard,
         grad_buckets=p4 if (strategy == "ddp" and world_size > 1) else 0,
+        accumulated_grads=gathered * stats.total if sharded and accumulation > 1 else 0,
         optimizer=2 * p4 // shard,
         ema=(p4 // shard) if ema else 0,
         activations_per_image=prof.saved,
         activations=activations,
         backward_transient=transient,
-        fsdp_transient=2 * 4 * stats.largest_unit if sharded else 0,
+        fsdp_transient=(gathered + 4) * stats.largest_unit if sharded else 0,
         fixed_overhead=CUDA_CONTEXT_BYTES + (NCCL_BYTES if world_size > 1 else 0),
         fragmentation=int(FRAGMENTATION * (activations + transient)),
         optimizer_step_extra=p4 // shard,

@@ -7,9 +7,20 @@ mixer) -> backbone blocks on kept patches only -> final layer -> zero refill -> 
 The model knows nothing of noise levels beyond c_noise: EDM preconditioning lives in
 ``microdit.diffusion``.
 
-Two execution switches change memory, not the function: ``activation_checkpointing`` recomputes
-each mixer/backbone block in backward (``torch.utils.checkpoint``, non-reentrant), and
-``set_low_precision_norms`` runs every LayerNorm in the autocast dtype (the official recipe).
+Execution switches change memory or speed, not the function: ``activation_checkpointing``
+recomputes each mixer/backbone block in backward (``torch.utils.checkpoint``, non-reentrant),
+``set_low_precision_norms`` runs every LayerNorm in the autocast dtype (the official recipe), and
+``attention_kernel`` pins SDPA's backend for the whole forward *and* for the blocks' recompute in
+backward (a pin set only around the forward left the recompute on another backend: the saved
+tensors then differ and the first backward fails with ``CheckpointError``).
+
+Dtype flow under autocast, as the official code: the fixed position table is an fp32 buffer added
+to the bf16 patch embedding, so the token stream is fp32 from there (until a linear, e.g. the
+mixer's width map, makes it bf16), and every residual add keeps the wider dtype.
+
+Compile-friendliness (``torch.compile(model, dynamic=False)``): no Python state is written during
+a forward (routing statistics are returned, the position table is a buffer prepared outside the
+graph), so one graph per input shape, no graph break, also under activation checkpointing.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from microdit.config.model import ModelConfig
-from microdit.model.attention import CrossAttention, SelfAttention
+from microdit.model.attention import CrossAttention, SelfAttention, attention_kernel
 from microdit.model.blocks import DiTBlock, FinalLayer
 from microdit.model.embeddings import (
     CaptionBlock,
@@ -75,8 +86,11 @@ class MicroDiT(nn.Module):
             for i in range(cfg.depth)
         )
         self.final_layer = FinalLayer(d, d, p * p * cfg.latent_channels, cfg.norm_eps)
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        # The fixed sin-cos table (1, T, D) fp32 of the grid in ``pos_grid``; not saved (recomputed).
+        self.register_buffer("pos_embed", torch.zeros(1, 0, d), persistent=False)
+        self.pos_grid: tuple[int, int] | None = None
         self.activation_checkpointing = False  # recompute blocks in backward (training only)
+        self.attention_kernel = "auto"  # SDPA backend: auto | flash | efficient | cudnn | math
         initialise_microdit(self)
 
     def set_low_precision_norms(self, enabled: bool = True) -> MicroDiT:
@@ -86,11 +100,20 @@ class MicroDiT(nn.Module):
                 module.low_precision = enabled
         return self
 
-    def _run_block(self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """One block; under ``activation_checkpointing`` only its inputs are kept for backward."""
+    def _run_block(
+        self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One block; under ``activation_checkpointing`` only its inputs are kept for backward, and
+        the recompute runs under the same pinned attention backend as the forward."""
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, c, context, use_reentrant=False)
+            return checkpoint(self._pinned_block, block, x, c, context, use_reentrant=False)
         return block(x, c, context)
+
+    def _pinned_block(
+        self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with attention_kernel(self.attention_kernel):
+            return block(x, c, context)
 
     def _block(self, width: int, qkv_ratio: float, ffn: str, ffn_ratio: float) -> DiTBlock:
         cfg = self.config
@@ -111,15 +134,27 @@ class MicroDiT(nn.Module):
         )
 
     # ------------------------------------------------------------------ pieces of the forward
-    def pos_embed(self, grid_h: int, grid_w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Fixed (1, T, D) table, rebuilt (and cached) per resolution."""
-        key = (grid_h, grid_w, str(device), dtype)
-        if key not in self._pos_cache:
+    def positions(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The fixed (1, T, D) fp32 table of this grid: the ``pos_embed`` buffer when it holds this
+        grid, else built (and kept as the buffer, outside ``torch.compile``; a compiled forward
+        builds it in its graph instead of writing module state, which would cost a recompile)."""
+        if (grid_h, grid_w) == self.pos_grid:
+            return self.pos_embed
+        table = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, self.config.pos_scale(grid_h))
+        table = table.to(self.pos_embed.device)[None]  # (1, T, D) float32
+        if not torch.compiler.is_compiling():
+            self.use_grid(grid_h, grid_w, table)
+        return table
+
+    def use_grid(self, grid_h: int, grid_w: int, table: torch.Tensor | None = None) -> MicroDiT:
+        """Make ``pos_embed`` the table of a (grid_h, grid_w) patch grid. The training loop calls it
+        at each phase start, before the (compiled) forward sees the new resolution."""
+        if table is None:
             scale = self.config.pos_scale(grid_h)
-            self._pos_cache[key] = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, scale).to(
-                device, dtype
-            )[None]
-        return self._pos_cache[key]
+            table = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, scale).to(self.pos_embed.device)[None]
+        self.pos_embed = table  # a registered buffer: follows .to(device), stays out of state_dict
+        self.pos_grid = (grid_h, grid_w)
+        return self
 
     def condition(self, c_noise: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption path + noise embedding: returns c (N, D) and the context (N, L, D)."""
@@ -159,8 +194,16 @@ class MicroDiT(nn.Module):
         if keep_idx is None and ratio > 0:
             keep_idx = random_keep_indices(n, num_tokens, ratio, generator, device=x.device)
 
-        tokens = self.x_embedder(x)  # (N, T, D)
-        tokens = tokens + self.pos_embed(gh, gw, tokens.device, tokens.dtype)
+        with attention_kernel(self.attention_kernel):
+            return self._forward(x, c_noise, y, keep_idx, strategy, gh, gw)
+
+    def _forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor, keep_idx: torch.Tensor | None,
+                 strategy: str, gh: int, gw: int) -> MicroDiTOutput:
+        cfg = self.config
+        num_tokens = gh * gw
+        stats: list[dict[str, torch.Tensor]] = []  # one per MoE block, returned (not stored)
+        tokens = self.x_embedder(x)  # (N, T, D), bf16 under autocast
+        tokens = tokens + self.positions(gh, gw)  # fp32 table: the stream is fp32 (official dtype flow)
         c, context = self.condition(c_noise, y)
 
         if keep_idx is not None and strategy == "naive":
@@ -170,12 +213,14 @@ class MicroDiT(nn.Module):
             if hasattr(self, "patch_mixer_map_xin"):
                 mixed, mixer_context = self.patch_mixer_map_xin(tokens), self.patch_mixer_map_y(context)
             for block in self.patch_mixer:
-                mixed = self._run_block(block, mixed, c, mixer_context)  # (N, T, Dm): the mixer sees all patches
+                mixed, block_stats = self._run_block(block, mixed, c, mixer_context)  # (N, T, Dm): all patches
+                stats.append(block_stats)
             if keep_idx is not None and strategy == "deferred":
                 mixed = gather_tokens(mixed, keep_idx)  # (N, K, Dm): deferred masking
             tokens = self.patch_mixer_map_xout(mixed) if hasattr(self, "patch_mixer_map_xout") else mixed
         for block in self.blocks:
-            tokens = self._run_block(block, tokens, c, context)  # (N, K, D)
+            tokens, block_stats = self._run_block(block, tokens, c, context)  # (N, K, D)
+            stats.append(block_stats)
         out = self.final_layer(tokens, c)  # (N, K, p*p*C)
 
         mask = None
@@ -183,13 +228,13 @@ class MicroDiT(nn.Module):
             out = refill_zeros(out, keep_idx, num_tokens)  # (N, T, p*p*C), dropped = 0
             mask = drop_mask(keep_idx, num_tokens)
         return MicroDiTOutput(
-            self.unpatchify(out, gh, gw), mask, keep_idx, cfg.patch_size, self.router_stats()
+            self.unpatchify(out, gh, gw), mask, keep_idx, cfg.patch_size, average_router_stats(stats)
         )
 
-    def router_stats(self) -> dict[str, torch.Tensor]:
-        """Router statistics of the last forward, averaged over MoE layers."""
-        moe_layers = [m for m in self.modules() if isinstance(m, ExpertChoiceMoE) and m.last_stats]
-        if not moe_layers:
-            return {}
-        keys = moe_layers[0].last_stats.keys()
-        return {k: torch.stack([m.last_stats[k] for m in moe_layers]).mean() for k in keys}
+
+def average_router_stats(per_block: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Router statistics of one forward averaged over its MoE blocks ({} for a dense model)."""
+    moe = [s for s in per_block if s]
+    if not moe:
+        return {}
+    return {key: torch.stack([s[key] for s in moe]).mean() for key in moe[0]}

@@ -6,6 +6,10 @@ so every expert processes exactly k tokens: perfect load balance without an auxi
 token picked by several experts receives the sum of their probability-weighted outputs; a
 token picked by none gets only the block's residual. Experts are stored as stacked weights
 and run as one batched matmul over (sample, expert): no Python loop over tokens or samples.
+
+The forward *returns* its routing statistics with its output instead of storing them on the
+module: a stored attribute is a side effect, which ``torch.compile`` refuses inside an activation
+checkpoint (the whole forward then fell back to eager, block by block).
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ class ExpertChoiceMoE(nn.Module):
         for weight in (self.w1, self.w2):  # Xavier per expert; MicroDiT re-initialises these anyway
             bound = math.sqrt(6.0 / (weight.shape[1] + weight.shape[2]))
             nn.init.uniform_(weight, -bound, bound)
-        self.last_stats: dict[str, torch.Tensor] = {}
 
     def tokens_per_expert(self, num_tokens: int) -> int:
         """k = int(capacity * T / E), at least 1 and at most T."""
         return max(1, min(num_tokens, int(self.capacity * num_tokens / self.num_experts)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x (N, T, d) -> (out (N, T, d), router statistics of this call: see ``_router_stats``)."""
         n, t, d = x.shape
         k = self.tokens_per_expert(t)
         probs = F.softmax(self.gate(x).float(), dim=-1)  # (N, T, E) softmax over experts per token
@@ -53,8 +57,8 @@ class ExpertChoiceMoE(nn.Module):
         combined = x.new_zeros(n, t, d, dtype=out.dtype).scatter_add_(
             1, token_idx.reshape(n, -1, 1).expand(n, self.num_experts * k, d), out.reshape(n, -1, d)
         )  # (N, T, d): a token picked by several experts gets the sum
-        self.last_stats = self._router_stats(probs.detach(), token_idx.detach(), t)
-        return combined.to(x.dtype)
+        stats = self._router_stats(probs.detach(), token_idx.detach(), t)
+        return combined, stats  # in the experts' matmul dtype (bf16 under autocast), as the official einsum
 
     def _router_stats(
         self, probs: torch.Tensor, token_idx: torch.Tensor, num_tokens: int

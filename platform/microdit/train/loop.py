@@ -7,15 +7,21 @@ cosine/constant LR, global-norm clipping, EMA by half-life in images, cost accou
 noise, masks, caption dropout) is drawn from a generator seeded by (seed, rank, step), so a
 resumed run draws exactly what an uninterrupted one would.
 
-Host syncs are kept to one per step (the loss, all-reduced, checked for NaN); other metrics stay
-on the device until a log step. ``ray.train.report`` is a barrier that Ray 2.60 drains about
+Host syncs are kept to one per step: one all-gather of (loss, phase spend, over-budget) read back
+once (``parallel.step_sync``), which gives the NaN check, the dollar-phase LR and the budget stop
+of the next step alike on every rank; other metrics stay on the device until a log step. Input
+batches are built ahead on a background thread in fp16 (``train.feed``), so a step does not wait
+for its data; the wait that remains is logged as ``data_wait_s`` per step.
+
+GPU memory follows the recipe phase by phase: the fp32 EMA copy exists only while the current
+phase runs an EMA (``phases.ema_held``: the official run holds none in phases 1-2, and the memory
+model that sizes ``paper.yaml`` counts exactly that). ``ray.train.report`` is a barrier that Ray 2.60 drains about
 every 2 s, so metric-only reports are sent at most every ``REPORT_EVERY_S`` (all ranks agree);
 MLflow gets every log step through the rank-0 background logger.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import tempfile
@@ -32,7 +38,6 @@ from microdit.config.model import ModelConfig
 from microdit.config.recipe import PhaseConfig, RecipeConfig
 from microdit.diffusion import EDMDenoiser, caption_dropout, edm_loss
 from microdit.model import MicroDiT
-from microdit.model.attention import attention_kernel
 from microdit.model.flops import train_flops_per_image
 from microdit.tracking import AsyncLogger
 from microdit.train.cost import CostMeter
@@ -43,14 +48,21 @@ from microdit.train.optim import step_generator
 from microdit.train.parallel import (
     all_gather_objects,
     all_reduce_max,
-    all_reduce_mean,
     any_rank,
     full_model_state,
     full_state_dicts,
+    gradient_sync,
     load_full_state_dicts,
     prepare_model_and_optimizer,
+    step_sync,
+    uses_bf16,
 )
-from microdit.train.phases import data_position_for_phase, phase_start_actions, produced_weights_source
+from microdit.train.phases import (
+    data_position_for_phase,
+    ema_held,
+    phase_start_actions,
+    produced_weights_source,
+)
 from microdit.train.schedule import learning_rate
 from microdit.train.state import WEIGHTS_FILE, Progress, load_state, restore_rng, save_state, save_weights
 
@@ -83,15 +95,15 @@ class WorkerRun:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(recipe.resources.torch_threads)
-        precision = recipe.resources.precision
-        self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        res = recipe.resources
+        self.use_bf16 = uses_bf16(res, self.device)
 
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.model = MicroDiT(self.model_config).to(self.device)
-        res = recipe.resources
         self.model.set_low_precision_norms(res.low_precision_norms)
         self.model.activation_checkpointing = res.activation_checkpointing
-        self.ema = EMA(self.model) if any(p.ema_half_life_images for p in recipe.phases) else None
+        self.model.attention_kernel = res.attention_kernel  # pinned in the forward and in any recompute
+        self.ema: EMA | None = None  # created when a phase that runs one starts (hold_ema)
         self.cost = CostMeter(res.hourly_price, res.billed_devices, res.peak_flops)
         self.progress = Progress()
         self.train_model, self.optimizer = prepare_model_and_optimizer(self.model, recipe, self.device, self.world)
@@ -114,9 +126,10 @@ class WorkerRun:
         with checkpoint.as_directory() as directory:
             state = load_state(directory)
         load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"], self.world)
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
         self.progress = Progress(**state["progress"])
+        if state["ema"] is not None and ema_held(self.recipe, self.progress.phase):
+            self.hold_ema(self.progress.phase)
+            self.ema.load_state_dict(state["ema"])
         self.cost.load_state_dict(state["cost"])
         restore_rng(state["rng"])
         self.restored_step = self.progress.global_step
@@ -146,40 +159,42 @@ class WorkerRun:
         recipe, progress = self.recipe, self.progress
         index = progress.phase
         total_steps = phase.total_steps()
+        self.hold_ema(index)
         actions = phase_start_actions(recipe, index, progress.phase_step)
         if actions.reset_ema_updates and self.ema is not None:
             self.ema.updates = 0  # the weights this phase produces are its own EMA, or the live weights
         if actions.reset_optimizer_state:
             self.optimizer.state.clear()  # weights only: fresh AdamW moments and step counter
         latent = phase.resolution // recipe.vae_factor
+        grid = latent // self.model_config.patch_size
+        self.model.use_grid(grid, grid)  # the phase's position table, as a buffer, before any compiled call
         kept_tokens = self.model_config.kept_tokens(latent, phase.mask_ratio)
         flops_per_image = train_flops_per_image(self.model_config, latent, phase.mask_ratio, self.config["caption_len"])
         position = data_position_for_phase(recipe, index, progress.phase_step, progress.data_positions, self.rank)
         record_ids = recipe.debug.get("record_ids_dir")
-        stream = open_stream(recipe.phase_data(index), phase, self.rank, self.world,
-                             phase.per_worker_micro_batch(self.world), position, with_ids=bool(record_ids))
-        batches = iter(stream)
+        feed = open_stream(recipe.phase_data(index), phase, self.rank, self.world,
+                           phase.per_worker_micro_batch(self.world), position, with_ids=bool(record_ids),
+                           device=self.device)
         window: dict[str, Any] = {"count": 0}
-        budget_reached = False
+        # Once per phase, every rank gets the largest phase spend (the LR of a dollar phase depends on
+        # it, so all ranks must agree) and whether any rank is over a budget; each step's sync then
+        # brings the same two numbers for the next step.
+        spent, over = all_reduce_max([progress.phase_dollars, float(self.over_budget())], self.device, self.world)
+        budget_reached = over > 0
         while total_steps is None or progress.phase_step < total_steps:
-            # One collective: every rank gets the largest phase spend (the LR of a dollar phase depends
-            # on it, so all ranks must agree) and whether any rank is over a budget.
-            spent, over = all_reduce_max([progress.phase_dollars, float(self.over_budget())], self.device, self.world)
-            budget_reached = over > 0  # the same on every rank (a rank-local check could disagree)
             if (phase.dollars is not None and spent >= phase.dollars) or budget_reached:
                 break
             self.maybe_inject_failure()
             fraction = spent / phase.dollars if phase.dollars is not None else None
-            step_metrics = self.train_step(phase, batches, total_steps, fraction)
             images = phase.batch_size
-            before = self.cost.dollars
-            self.cost.step(images, kept_tokens * images, flops_per_image * images)
-            progress.phase_dollars += self.cost.dollars - before
+            step_metrics, spent, budget_reached = self.train_step(
+                phase, feed, total_steps, fraction, images, kept_tokens * images, flops_per_image * images)
             progress.global_step += 1
             progress.phase_step += 1
             progress.phase_images += images
             progress.images_seen += images
             self.update_ema(phase)
+            step_metrics["data_wait_s"] = feed.take_wait_seconds()
             for key, value in step_metrics.items():
                 window[key] = window.get(key, 0.0) + value
             window["count"] += 1
@@ -193,22 +208,25 @@ class WorkerRun:
             if checkpoint_due:
                 if phase_done:
                     self.end_phase()
-                self.checkpoint(stream)
+                self.checkpoint(feed)
             if phase_done:
                 break
-        stream.close()
+        feed.close()
         if phase.steps is None and phase.images is None:  # a dollar-length phase ends here
             self.end_phase()
-            self.checkpoint(stream)
+            self.checkpoint(feed)
         if budget_reached or all_reduce_max([float(self.over_budget())], self.device, self.world)[0] > 0:
             progress.finished = True  # every rank decides the same (reduced), so all take the final checkpoint
             return "run budget reached (max_dollars / max_images)"
         return None
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, phase: PhaseConfig, batches, total_steps: int | None,
-                   spent_fraction: float | None = None) -> dict[str, Any]:
-        """Accumulate micro-batches, clip, step. Returns device tensors (and the synced mean loss)."""
+    def train_step(self, phase: PhaseConfig, feed, total_steps: int | None, spent_fraction: float | None,
+                   images: int, tokens: int, flops: float) -> tuple[dict[str, Any], float, bool]:
+        """Accumulate micro-batches, account the step, sync once, clip, step.
+
+        Returns (metrics: device tensors and the synced mean loss, the largest phase spend over
+        ranks, whether any rank is over a run budget): the next step's stop and LR decisions."""
         progress, debug = self.progress, self.recipe.debug
         lr = learning_rate(phase, progress.phase_step, total_steps, spent_fraction)
         for group in self.optimizer.param_groups:
@@ -217,17 +235,13 @@ class WorkerRun:
         loss_sum = torch.zeros((), device=self.device)
         router: dict[str, torch.Tensor] = {}
         for m in range(accumulation):
-            batch = next(batches)
+            batch = next(feed)
             if debug.get("record_ids_dir"):
                 _record_ids(debug["record_ids_dir"], self.rank, progress, m, batch["id"])
-            x0 = batch["latent"].to(self.device, non_blocking=True)
-            y = batch["text_emb"].to(self.device, non_blocking=True)
+            x0, y = feed.to_device(batch)  # (B, C, h, w), (B, L, Dy) fp32 on the device
             generator = step_generator(self.recipe.seed, self.rank, progress.global_step, m, self.device)
             y = caption_dropout(y, phase.caption_dropout, generator)
-            last = m == accumulation - 1
-            sync = self.train_model.no_sync() if not last and hasattr(self.train_model, "no_sync") \
-                else contextlib.nullcontext()
-            with sync, attention_kernel(self.recipe.resources.attention_kernel), \
+            with gradient_sync(self.train_model, self.model, enabled=m == accumulation - 1), \
                     torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 out = edm_loss(self.denoiser, x0, y, p_mean=phase.p_mean, p_std=phase.p_std,
                                mask_ratio=phase.mask_ratio, masking=phase.masking, generator=generator)
@@ -237,7 +251,11 @@ class WorkerRun:
             for key, value in out.output.router_stats.items():
                 router[key] = router.get(key, 0.0) + value / accumulation
 
-        mean_loss = all_reduce_mean(loss_sum.item(), self.device, self.world)  # the one host sync per step
+        before = self.cost.dollars
+        self.cost.step(images, tokens, flops)
+        progress.phase_dollars += self.cost.dollars - before
+        mean_loss, spent, over = step_sync(loss_sum, progress.phase_dollars, self.over_budget(pending_images=images),
+                                           self.device, self.world)  # the one host sync per step
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise StopTraining(f"non-finite loss {mean_loss} at step {progress.global_step} "
@@ -247,7 +265,18 @@ class WorkerRun:
         self.optimizer.zero_grad(set_to_none=True)
         if self.first_step_wall is None:
             self.first_step_wall = time.time()
-        return {"loss": mean_loss, "grad_norm": grad_norm.detach(), **router}
+        return {"loss": mean_loss, "grad_norm": grad_norm.detach(), **router}, spent, over
+
+    def hold_ema(self, index: int) -> None:
+        """Hold the fp32 EMA copy exactly while phase ``index`` runs one (``phases.ema_held``): created
+        from the current weights when such a phase starts, freed when a phase without one starts."""
+        if ema_held(self.recipe, index):
+            if self.ema is None:
+                self.ema = EMA(self.model)
+        elif self.ema is not None:
+            self.ema = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # hand the copy's blocks back before the phase's own peak
 
     def update_ema(self, phase: PhaseConfig) -> None:
         decay = phase.ema_decay_per_step()
@@ -325,10 +354,12 @@ class WorkerRun:
         return full_model_state(self.model, self.world)
 
     # ------------------------------------------------------------------ small helpers
-    def over_budget(self) -> bool:
+    def over_budget(self, pending_images: int = 0) -> bool:
+        """Whether the run reached ``max_dollars`` / ``max_images`` (``pending_images``: this step's,
+        not yet in the progress counters)."""
         recipe = self.recipe
         return (recipe.max_dollars is not None and self.cost.dollars >= recipe.max_dollars) or (
-            recipe.max_images is not None and self.progress.images_seen >= recipe.max_images)
+            recipe.max_images is not None and self.progress.images_seen + pending_images >= recipe.max_images)
 
     def end_phase(self) -> None:
         progress = self.progress

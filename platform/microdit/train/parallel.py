@@ -1,17 +1,29 @@
-"""Data-parallel wrapping and the few collectives the loop needs (no-ops for a single process).
+"""Data-parallel wrapping, compilation and the few collectives the loop needs (no-ops for one process).
 
-DDP by default. FSDP (``resources.strategy: fsdp``) uses PyTorch's ``fully_shard`` per block
-with ``reshard_after_forward=False``: gradients and optimizer state are sharded, parameters stay
-gathered between forward and backward (the paper's SHARD_GRAD_OP).
+DDP by default (``broadcast_buffers=False``: the only buffer is the fixed position table, identical
+on every rank, which DDP would otherwise re-send before every forward). FSDP
+(``resources.strategy: fsdp``) uses PyTorch's ``fully_shard`` per block with
+``reshard_after_forward=False``: gradients and optimizer state are sharded, parameters stay
+gathered between forward and backward (the paper's SHARD_GRAD_OP). Under bf16 its
+``MixedPrecisionPolicy`` gathers parameters in bf16 (half the all-gather bytes, no autocast weight
+copies) and reduce-scatters gradients in fp32 (the official composer ``DEFAULT`` policy), and
+:func:`gradient_sync` defers the reduce-scatter of accumulated micro-batches to the last one (as
+DDP's ``no_sync``), instead of one reduce-scatter per micro-batch.
 
 ``fully_shard`` replaces every parameter with a new sharded (DTensor) ``nn.Parameter``, so the
 optimizer must be built afterwards: :func:`prepare_model_and_optimizer` does both in that order.
 ``torch.nn.utils.clip_grad_norm_`` works on the sharded gradients as is (it returns a replicated
 DTensor holding the global norm).
+
+``compile_model`` compiles with static shapes (``dynamic=False``): each phase (resolution, kept
+tokens, micro-batch) gets its own specialised graph, compiled once, instead of the dynamic-shape
+recompile PyTorch otherwise makes when a second shape appears.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,22 +38,62 @@ def distributed(world: int) -> bool:
     return world > 1 and dist.is_available() and dist.is_initialized()
 
 
+def uses_bf16(resources: ResourcesConfig, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or ``auto`` on a GPU (CPU stays fp32)."""
+    return resources.precision == "bf16" or (resources.precision == "auto" and device.type == "cuda")
+
+
+def compile_model(module: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` with static shapes: one graph per phase shape (``backend``: tests count graphs
+    with a cheaper one; the shapes and graph breaks are decided before the backend runs)."""
+    return torch.compile(module, dynamic=False, backend=backend)
+
+
 def wrap_model(model: nn.Module, resources: ResourcesConfig, device: torch.device, world: int) -> nn.Module:
     """The module the loop calls forward on (DDP / FSDP / compiled); ``model`` stays the plain one."""
     wrapped: nn.Module = model
     if distributed(world):
         if resources.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+                if uses_bf16(resources, device) else MixedPrecisionPolicy()
             for block in list(getattr(model, "patch_mixer", [])) + list(model.blocks):
-                fully_shard(block, reshard_after_forward=False)
-            fully_shard(model, reshard_after_forward=False)
+                fully_shard(block, reshard_after_forward=False, mp_policy=policy)
+            fully_shard(model, reshard_after_forward=False, mp_policy=policy)
         else:
             wrapped = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync())
     if resources.compile:
-        wrapped = torch.compile(wrapped)
+        wrapped = compile_model(wrapped)
     return wrapped
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's switch for not re-sending buffers before every forward (renamed in newer PyTorch)."""
+    import inspect
+
+    parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
+
+
+@contextlib.contextmanager
+def gradient_sync(train_model: nn.Module, model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Inside, a backward only accumulates gradients locally when ``enabled`` is False (every
+    micro-batch but the last): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``
+    (its unsharded gradients then wait for the last micro-batch's single reduce-scatter)."""
+    if enabled or not hasattr(model, "set_requires_gradient_sync") and not hasattr(train_model, "no_sync"):
+        yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: the plain module is the FSDPModule
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    with train_model.no_sync():
+        yield
 
 
 def prepare_model_and_optimizer(model: nn.Module, recipe: RecipeConfig, device: torch.device,
@@ -111,6 +163,23 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
 
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def step_sync(loss: torch.Tensor, spent: float, over_budget: bool, device: torch.device,
+              world: int) -> tuple[float, float, bool]:
+    """The one host sync of a training step: (mean loss over ranks, the largest phase spend, whether
+    any rank is over a budget), from one all-gather of three numbers per rank and one ``tolist``.
+    Every rank gets the same answer, so all take the same next decision (stop, LR of a dollar phase)."""
+    local = torch.stack([loss.detach().reshape(()).to(device, torch.float64),
+                         torch.tensor(float(spent), dtype=torch.float64, device=device),
+                         torch.tensor(1.0 if over_budget else 0.0, dtype=torch.float64, device=device)])  # (3,)
+    rows = local[None]  # (1, 3)
+    if distributed(world):
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        rows = torch.stack(gathered)  # (W, 3)
+    values = rows.tolist()  # the host sync
+    return (sum(r[0] for r in values) / len(values), max(r[1] for r in values), max(r[2] for r in values) > 0)
 
 
 def all_reduce_max(values: list[float], device: torch.device, world: int) -> list[float]:

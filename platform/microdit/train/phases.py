@@ -8,6 +8,9 @@ at the previous phase's end):
   transition loads weights only); ``keep`` carries them over (official 1 -> 2 and 3 -> 4);
 - the data stream continues from the previous phase's position only when both phases stream the
   same data mix; a phase with other sets or another synthetic fraction starts its stream fresh.
+
+What a phase holds in GPU memory is decided here too (``ema_held``), so the training loop and the
+memory model that sizes a recipe's micro-batches (``predict.phase_memory``) count the same state.
 """
 
 from __future__ import annotations
@@ -44,3 +47,13 @@ def data_position_for_phase(recipe: RecipeConfig, index: int, phase_step: int, p
 def produced_weights_source(ema_updates_this_phase: int) -> Literal["ema", "live"]:
     """The rule for final weights, evaluation and sample grids: the phase's EMA if it updated one."""
     return "ema" if ema_updates_this_phase > 0 else "live"
+
+
+def ema_held(recipe: RecipeConfig, index: int) -> bool:
+    """Whether the fp32 EMA copy exists while phase ``index`` runs: only in phases that run an EMA.
+
+    Every phase's EMA restarts from that phase's weights, so no phase needs an earlier one's: the copy
+    is created when an EMA phase starts and freed when a phase without one starts (the official run
+    holds none in phases 1-2, where the 256-px masked micro-batch needs the room)."""
+    return 0 <= index < len(recipe.phases) and recipe.phases[index].ema_half_life_images is not None
+

@@ -1,7 +1,9 @@
-"""Predict a recipe's compute and cost before running it (``microdit train --dry-run``).
+"""Predict a recipe's compute, cost and GPU memory before running it (``microdit train --dry-run``).
 
 Throughput is either given (images/s for the whole run) or derived from an assumed MFU:
 images/s = MFU x peak FLOP/s x devices / training FLOPs per image (analytic count, SPEC §6).
+Memory: the analytic model (``microdit.model.memory``) of each phase on one worker, with exactly the
+state the loop holds in that phase (``phases.ema_held``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from microdit.config.model import ModelConfig
 from microdit.config.recipe import RecipeConfig
 from microdit.errors import ConfigError
 from microdit.model.flops import train_flops_per_image
+from microdit.train.phases import ema_held
 
 
 @dataclass
@@ -73,4 +76,53 @@ def format_prediction(rows: list[PhasePrediction]) -> str:
     lines.append(f"{'total':<18}{'':>7}{'':>8}{'':>11}{sum(r.images for r in rows):>14,.0f}{'':>10}"
                  f"{sum(r.hours for r in rows):>12.2f}{sum(r.device_hours for r in rows):>14.2f}"
                  f"{usd(sum(r.dollars for r in rows)):>13}")
+    return "\n".join(lines)
+
+
+def _memory_kwargs(recipe: RecipeConfig, index: int) -> dict:
+    """``estimate_memory`` settings of phase ``index`` beyond its shape: the run's strategy, world size,
+    precision switches, accumulation, and exactly the state the loop holds then (``ema_held``)."""
+    phase, res = recipe.phases[index], recipe.resources
+    workers = max(res.num_workers, 1)
+    return dict(caption_len=recipe.caption_len, precision="fp32" if res.precision == "fp32" else "bf16",
+                strategy=res.strategy, world_size=workers, ema=ema_held(recipe, index), masking=phase.masking,
+                low_precision_norms=res.low_precision_norms, activation_checkpointing=res.activation_checkpointing,
+                accumulation=phase.accumulation(workers))
+
+
+def phase_memory(recipe: RecipeConfig, index: int, micro_batch: int | None = None,
+                 model_config: ModelConfig | None = None):
+    """The memory model's peak (a ``MemoryEstimate``) for one worker of phase ``index`` at its
+    micro-batch (or ``micro_batch``)."""
+    from microdit.model.memory import estimate_memory
+
+    phase = recipe.phases[index]
+    micro = micro_batch or phase.per_worker_micro_batch(max(recipe.resources.num_workers, 1))
+    return estimate_memory(model_config or recipe.architecture(), phase.resolution // recipe.vae_factor,
+                           phase.mask_ratio, micro, **_memory_kwargs(recipe, index))
+
+
+def format_memory(recipe: RecipeConfig, model: ModelConfig) -> str:
+    """Per phase: micro-batch, EMA held, predicted peak per worker, and on an H100 whether it fits and
+    the largest micro-batch that does."""
+    from microdit.model.memory import GIB, H100_80GB_BYTES, format_bytes, max_micro_batch
+
+    res = recipe.resources
+    on_h100 = res.accelerator == "H100"
+    header = f"{'phase':<18}{'micro-batch':>12}{'EMA':>5}{'peak/worker':>14}"
+    header += f"{'fits':>6}{'largest':>9}" if on_h100 else ""
+    lines = [header, "-" * len(header)]
+    for index, phase in enumerate(recipe.phases):
+        estimate = phase_memory(recipe, index, model_config=model)
+        line = (f"{phase.name:<18}{estimate.micro_batch:>12}{'yes' if ema_held(recipe, index) else 'no':>5}"
+                f"{format_bytes(estimate.total):>14}")
+        if on_h100:
+            largest = max_micro_batch(model, phase.resolution // recipe.vae_factor, phase.mask_ratio,
+                                      capacity=H100_80GB_BYTES, **_memory_kwargs(recipe, index))
+            line += f"{'yes' if estimate.fits() else 'NO':>6}{largest:>9}"
+        lines.append(line)
+    where = f"{res.strategy} over {max(res.num_workers, 1)} workers"
+    if on_h100:
+        where += f"; an 80 GB H100 holds {H100_80GB_BYTES / GIB:.2f} GiB"
+    lines.append(f"({where})")
     return "\n".join(lines)
