@@ -130,6 +130,9 @@ def test_resampling_asked_with_under_4_samples_says_why_there_is_no_interval(tmp
     ({"bootstrap": 1}, 1, "bootstrap: number of FID resamples, 0 (none) or >= 2, got 1"),
     ({"bootstrap": -2}, 1, "bootstrap: number of FID resamples, 0 (none) or >= 2, got -2"),
     ({"num_actors": 2}, 2, "num_actors: a sharded (per-rank) evaluation extracts features on each rank; use 0"),
+    # outside a process group each rank would take its share of the reference for the whole and cache it
+    ({}, 2, "world=2: a sharded evaluation needs an initialised torch.distributed process group on every rank "
+            "(or world=1)"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, changes, world, message):
     from microdit.evaluate.pipeline import evaluate_model
@@ -139,21 +142,114 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, changes, world, mess
     assert str(info.value) == message
 
 
-def test_reference_rows_at_the_asked_resolution_and_decoder_on_the_asked_device(tmp_path):
+def test_reference_rows_at_the_asked_resolution_and_decoder_on_the_asked_device(tmp_path, monkeypatch):
     from microdit.evaluate.pipeline import prepare_reference
 
+    featurised_on = _spy_inception_devices(monkeypatch)
     reference = write_pixel_set(tmp_path / "set", rows=ROWS, sizes=(16, 8))
     first_rows, first_decoder, first = prepare_reference(_config(reference))  # the set's first resolution, on CPU
     assert first_rows["latents"].shape == (ROWS, 3, 16, 16)
     assert first_decoder.device == torch.device("cpu")
     assert sorted(first_rows) == ["caption", "latents", "text_emb"]
     assert first_rows["caption"] == [f"caption {i}" for i in range(ROWS)]
+    assert set(featurised_on) == {torch.device("cpu")}  # the default device, for callers that pass none
 
-    rows, decoder, second = prepare_reference(_config(reference, resolution=8), device="meta")
+    featurised_on.clear()
+    rows, decoder, second = prepare_reference(_config(reference, resolution=8), device=torch.device("cpu", 0))
     assert rows["latents"].shape == (ROWS, 3, 8, 8)
-    assert decoder.device == torch.device("meta")  # the pixels decoder never computes on it; it keeps it
+    assert decoder.device == torch.device("cpu", 0)
+    assert featurised_on == [torch.device("cpu", 0)] * 2  # the reference Inception pass (batches 3 + 2) too
     assert not second.from_cache and second.key != first.key  # statistics of the 8 px images, cached apart
     assert not np.allclose(second.stats.mean, first.stats.mean)
+
+
+def _spy_inception_devices(monkeypatch) -> list[torch.device]:
+    """The device of the real extractor behind each Inception call (one batch), in call order."""
+    from microdit.evaluate.inception import InceptionFeatureExtractor
+
+    devices: list[torch.device] = []
+    real_call = InceptionFeatureExtractor.__call__
+
+    def spy(self, images):
+        devices.append(self.device)
+        return real_call(self, images)
+
+    monkeypatch.setattr(InceptionFeatureExtractor, "__call__", spy)
+    return devices
+
+
+def test_reference_pass_and_clip_scorer_run_on_the_device_given(tmp_path, monkeypatch):
+    """``torch.device("cpu", 0)`` computes on the CPU but differs from the default ``cpu``: what the
+    extractor and scorer hold shows whether the rank's device reached them (a GPU in a Train run)."""
+    import inspect
+
+    from test_clip_score import save_tiny_clip
+
+    from microdit.evaluate.clip_score import ClipScorer
+    from microdit.evaluate.pipeline import evaluate_model
+
+    featurised_on = _spy_inception_devices(monkeypatch)
+    scorer_devices: list[torch.device] = []
+    real_init = ClipScorer.__init__
+
+    def spy_init(self, *args, **kwargs):
+        arguments = inspect.signature(real_init).bind(self, *args, **kwargs)
+        arguments.apply_defaults()
+        scorer_devices.append(torch.device(arguments.arguments["device"]))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipScorer, "__init__", spy_init)
+    reference = write_pixel_set(tmp_path / "set", rows=ROWS)
+    clip = save_tiny_clip(tmp_path / "clip", with_image_processor=False)
+    device = torch.device("cpu", 0)
+    metrics = evaluate_model(_model(), _config(reference, num_samples=2, clip_model=clip), device=device)
+    assert "clip_score" in metrics
+    assert featurised_on == [device] * 3  # reference (batches 3 + 2), then the 2 samples
+    assert scorer_devices == [device]
+
+
+def test_reference_cache_key_names_the_decode_precision_and_device_type(tmp_path, inception_extractor):
+    """A bf16 decode of the reference (the default on a GPU) gives other pixels than an fp32 one, so
+    other statistics: cached apart. The same precision on another index of the same device type
+    shares the entry; a ``pixels`` set has no decode precision, only the device type."""
+    from diffusers import AutoencoderKL
+
+    from microdit.evaluate.generate import LatentDecoder
+    from microdit.evaluate.pipeline import prepare_reference, reference_decoder_id
+    from microdit.evaluate.reference import decoded_reference_stats
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, norm_num_groups=8,
+                  sample_size=32).save_pretrained(tmp_path / "vae")  # 3 x 16² latents -> 32² images
+    vae = {"kind": "autoencoder_kl", "path": str(tmp_path / "vae")}
+    reference = write_pixel_set(tmp_path / "set", rows=ROWS, vae=vae)
+    rows, fp32, built = prepare_reference(_config(reference))  # on CPU: fp32 ("auto")
+    assert fp32.precision == "fp32" and not built.from_cache
+    again = prepare_reference(_config(reference), device=torch.device("cpu", 0))[2]
+    assert again.from_cache and again.key == built.key  # same precision, same device type
+
+    bf16 = LatentDecoder(vae, "cpu", precision="bf16")
+    assert bf16.precision == "bf16"
+    assert reference_decoder_id(vae, bf16) != reference_decoder_id(vae, fp32)
+    assert reference_decoder_id(vae, fp32) == reference_decoder_id(dict(reversed(vae.items())), LatentDecoder(vae))
+
+    def stats(decoder: LatentDecoder):
+        return decoded_reference_stats(rows["latents"], lambda c: decoder(torch.from_numpy(c.astype(np.float32))),
+                                       reference_decoder_id(vae, decoder), reference / "fid_cache",
+                                       batch_size=3, extractor=inception_extractor)
+
+    hit = stats(fp32)
+    assert hit.from_cache and hit.key == built.key  # prepare_reference keyed its statistics by this id
+    in_bf16 = stats(bf16)
+    assert not in_bf16.from_cache and in_bf16.key != built.key
+    assert not np.allclose(in_bf16.stats.mean, built.stats.mean)  # the offset a shared entry would cause
+
+    pixels = {"kind": "pixels", "name": "pixels"}
+    on_cpu = reference_decoder_id(pixels, LatentDecoder(pixels, "cpu"))
+    assert LatentDecoder(pixels).precision is None
+    assert reference_decoder_id(pixels, LatentDecoder(pixels, torch.device("cpu", 1))) == on_cpu
+    assert reference_decoder_id(pixels, LatentDecoder(pixels, "meta")) != on_cpu  # another device type
 
 
 def test_reference_cache_key_is_the_latents_and_the_vae_entry_in_any_key_order(tmp_path):

@@ -117,3 +117,40 @@ def test_reference_errors_name_the_culprit(tmp_path):
         reference_stats(missing, tmp_path / "cache")
     with pytest.raises(ConfigError, match="uint8"):
         reference_stats(np.zeros((4, 8, 8, 3), np.float32), tmp_path / "cache")
+
+
+def test_reference_features_come_from_an_extractor_on_the_given_device(tmp_path, monkeypatch, emoji_set):
+    """``torch.device("cpu", 0)`` computes on the CPU but is not the default ``cpu``: the extractor
+    made for the pass holds it (on a training rank: that rank's GPU)."""
+    import torch
+
+    from microdit.evaluate.inception import InceptionFeatureExtractor
+
+    devices: list[torch.device] = []
+    real_call = InceptionFeatureExtractor.__call__
+
+    def spy(self, images):
+        devices.append(self.device)
+        return real_call(self, images)
+
+    monkeypatch.setattr(InceptionFeatureExtractor, "__call__", spy)
+    images = emoji_set[0][:4]  # (4, 64, 64, 3) uint8
+    reference_stats(images, tmp_path / "cache", batch_size=4, device=torch.device("cpu", 0))
+    latents = images.transpose(0, 3, 1, 2).astype(np.float16)  # stand-in latents (N, C, h, w)
+    decoded_reference_stats(latents, lambda chunk: chunk.astype(np.uint8).transpose(0, 2, 3, 1), "vae", tmp_path / "d",
+                            batch_size=4, device=torch.device("cpu", 0))
+    assert devices == [torch.device("cpu", 0)] * 2
+
+
+def test_a_sharded_reference_outside_a_process_group_is_refused_before_any_work(tmp_path, emoji_set):
+    """Each rank would take its share for the whole set and cache those statistics under the set's key."""
+    latents = emoji_set[0][:4].transpose(0, 3, 1, 2).astype(np.float16)  # (4, 3, 64, 64)
+    decoded: list[int] = []
+
+    def decode(chunk: np.ndarray) -> np.ndarray:
+        decoded.append(len(chunk))
+        return chunk.astype(np.uint8).transpose(0, 2, 3, 1)
+
+    with pytest.raises(ConfigError, match="world=2: a sharded evaluation needs an initialised torch.distributed"):
+        decoded_reference_stats(latents, decode, "vae", tmp_path / "cache", rank=1, world=2)
+    assert decoded == [] and not (tmp_path / "cache").exists()

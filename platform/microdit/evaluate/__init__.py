@@ -6,6 +6,7 @@ that using the maths does not pull in Ray or transformers:
 - ``fid``: streaming ``FeatureStats``, ``frechet_distance``, ``fid_metric_name``;
 - ``reference``: cached reference statistics of an image folder, captions index or array;
 - ``distributed``: feature statistics over a Ray actor pool, streamed;
+- ``sharded``: an evaluation split over the ranks of a training run, merged exactly;
 - ``clip_score``: CLIP score when a CLIP model is configured, else None;
 - ``grid``: sample grid PNGs.
 """

@@ -55,6 +55,15 @@ class LatentDecoder:
             self.scaling = float(vae.get("scaling_factor") or self.model.config.scaling_factor)
             self.shift = float(vae.get("shift_factor") or 0.0)
 
+    @property
+    def precision(self) -> str | None:
+        """The VAE's decode dtype ("bf16", "fp32"...): it shifts the decoded pixels, so caches of
+        decoded images name it; None for ``pixels`` latents, which no network decodes."""
+        if self.model is None:
+            return None
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(self.model.dtype,
+                                                                                         str(self.model.dtype))
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
         if self.model is None:

@@ -6,6 +6,11 @@ up, else in-process), and compares with the set's cached reference statistics. T
 named by the sample count (``fid_256``, ``fid_1k``...; SPEC §5). With ``bootstrap`` > 0 (and
 in-process features) it comes with ``<name>_std``, ``<name>_ci_low`` and ``<name>_ci_high``:
 the resampling std and 95 % interval of ``microdit.evaluate.uncertainty.fid_uncertainty``.
+
+Everything runs on the evaluation's device: the VAE decode, both Inception passes (reference and
+samples) and the CLIP scorer. The reference statistics are cached under a key naming the decode
+precision and device type (``reference_decoder_id``): a bf16 GPU decode of the reference does not
+reuse fp32 CPU statistics, which would offset every FID against bf16 GPU samples.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +29,10 @@ from microdit.console import Progress
 from microdit.errors import ConfigError
 from microdit.evaluate.fid import fid_from_stats, fid_metric_name
 from microdit.evaluate.uncertainty import fid_uncertainty
+
+if TYPE_CHECKING:
+    from microdit.evaluate.generate import LatentDecoder
+    from microdit.evaluate.inception import InceptionFeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +65,25 @@ class _Recording:
         return features
 
 
-def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu"):
+def reference_decoder_id(vae: dict, decoder: LatentDecoder) -> str:
+    """The cache key's decoder part: the manifest's VAE entry (any key order), the decode dtype (None
+    for ``pixels``) and the device type the reference is decoded and featurised on (GPU kernels
+    round differently from CPU ones)."""
+    return json.dumps({"vae": vae, "precision": decoder.precision, "device": decoder.device.type}, sort_keys=True)
+
+
+def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu", *, rank: int = 0, world: int = 1,
+                      extractor: InceptionFeatureExtractor | None = None):
     """The reference set's rows (latents, captions, text states), its decoder and its FID statistics.
 
     The statistics are cached beside the set, keyed by content: a sweep calls this once in the
-    driver before its first trial, so no trial pays for the reference Inception pass. The key is
-    the latents and the VAE: a hit decodes nothing, a miss decodes ``cfg.batch_size`` latents at a
-    time straight into the feature moments (never the whole decoded set in memory)."""
+    driver before its first trial, so no trial on the same device type pays for the reference
+    Inception pass. The key is
+    the latents and ``reference_decoder_id``: a hit decodes nothing, a miss decodes
+    ``cfg.batch_size`` latents at a time straight into the feature moments (never the whole
+    decoded set in memory), on ``device``. With ``world`` > 1 every rank calls this and a miss is
+    split over the ranks (``decoded_reference_stats``). ``extractor``: an Inception extractor on
+    ``device`` to reuse (one is made when None)."""
     from microdit import storage
     from microdit.data.manifest import load_manifest, resolve_set_path
     from microdit.data.reader import read_set
@@ -76,11 +98,15 @@ def prepare_reference(cfg: EvaluationConfig, device: str | torch.device = "cpu")
     reference = decoded_reference_stats(
         rows["latents"],
         lambda chunk: decoder(torch.from_numpy(chunk.astype(np.float32))),  # (B, C, h, w) -> uint8 (B, H, W, 3)
-        json.dumps(manifest.vae, sort_keys=True),
+        reference_decoder_id(manifest.vae, decoder),
         storage.join(directory, "fid_cache"),
         batch_size=cfg.batch_size,
+        extractor=extractor,
         num_actors=cfg.num_actors,
-        progress=cfg.progress,
+        progress=cfg.progress and rank == 0,
+        device=device,
+        rank=rank,
+        world=world,
     )
     return rows, decoder, reference
 
@@ -94,7 +120,7 @@ def evaluate_model(
     With ``world`` > 1 (inside an initialised process group, e.g. every rank of a Train run) each
     rank generates and scores its share of the samples on ``device`` and the statistics are merged
     exactly (``microdit.evaluate.sharded``); every rank returns the same metrics, rank 0 writes the
-    grid. Rank 0 builds a missing reference cache first; the others then read it."""
+    grid. A missing reference cache is built the same way, each rank its share, and written by rank 0."""
     from microdit.evaluate.clip_score import load_clip_scorer
     from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
     from microdit.evaluate.generate import generate
@@ -102,9 +128,9 @@ def evaluate_model(
     from microdit.evaluate.sharded import (
         all_reduce_stats,
         all_reduce_sum,
-        barrier,
         gather_first_images,
         gather_in_order,
+        require_process_group,
         shard_range,
     )
 
@@ -112,13 +138,12 @@ def evaluate_model(
         raise ConfigError(f"bootstrap: number of FID resamples, 0 (none) or >= 2, got {cfg.bootstrap}")
     if world > 1 and cfg.num_actors:
         raise ConfigError("num_actors: a sharded (per-rank) evaluation extracts features on each rank; use 0")
+    require_process_group(world)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     started = time.perf_counter()
-    if rank != 0:
-        barrier(world)  # rank 0 computes and caches the reference statistics first
-    rows, decoder, reference = prepare_reference(cfg, device)
-    if rank == 0:
-        barrier(world)
+    # one network on the device for the reference pass (on a cache miss) and the samples
+    extractor = None if cfg.num_actors else InceptionFeatureExtractor(batch_size=cfg.batch_size, device=device)
+    rows, decoder, reference = prepare_reference(cfg, device, rank=rank, world=world, extractor=extractor)
 
     mine = shard_range(cfg.num_samples, rank, world)
     index = np.arange(mine.start, mine.stop) % len(rows["caption"])
@@ -143,7 +168,6 @@ def evaluate_model(
     if cfg.num_actors:
         stats = distributed_feature_stats(batches, num_actors=cfg.num_actors, total=len(images), progress=shown)
     else:
-        extractor = InceptionFeatureExtractor(batch_size=cfg.batch_size, device=device)
         stats = local_feature_stats(batches, _Recording(extractor, kept), total=len(images), progress=shown)
     stats = all_reduce_stats(stats, world)
     name = fid_metric_name(cfg.num_samples)
@@ -162,7 +186,7 @@ def evaluate_model(
             log.warning("%s: no std/interval: %d samples, resampling needs at least 4", name, stats.count)
         metrics = {name: fid_from_stats(stats, reference.stats)}
     metrics["generation_images_per_s"] = all_reduce_sum(len(images) / max(gen_seconds, 1e-9), world)
-    scorer = load_clip_scorer(cfg.clip_model)
+    scorer = load_clip_scorer(cfg.clip_model, device)
     if scorer is not None:  # a mean over samples: each rank's sum, added
         local = scorer.score(images, captions) * len(images) if len(images) else 0.0
         metrics["clip_score"] = all_reduce_sum(local, world) / cfg.num_samples

@@ -14,8 +14,14 @@ Four sources:
   captions come back so generation prompts match the reference images one to one;
 - an in-memory uint8 array (N, H, W, 3);
 - a prepared set's latents with their decoder (``decoded_reference_stats``): keyed by the latent
-  bytes and the VAE, decoded batch by batch only on a cache miss, so no decoded image set is
-  ever held in memory (30K COCO images at 512 px would be 23 GB).
+  bytes and the decoder (the caller's id: the VAE, its decode precision and device type), decoded
+  batch by batch only on a cache miss, so no decoded image set is ever held in memory (30K COCO
+  images at 512 px would be 23 GB). Inside a process group (``rank``/``world``, e.g. the ranks of
+  a training run) a miss is split like the samples: each rank decodes and featurises its
+  contiguous share, the moments are summed exactly (``microdit.evaluate.sharded``) and rank 0
+  writes the cache, so no rank waits minutes near a collective timeout while one does it all.
+
+The Inception pass runs on ``device`` (the CPU unless told), the same as the samples' pass.
 
 ``resolution`` brings every image to the generation resolution first (centre crop to a
 square, then PIL bicubic resize), so the reference is seen at the same detail as the samples;
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from microdit import storage
@@ -40,6 +47,13 @@ from microdit.errors import ConfigError
 from microdit.evaluate.distributed import distributed_feature_stats, local_feature_stats
 from microdit.evaluate.fid import FeatureStats
 from microdit.evaluate.inception import INCEPTION_SHA256, InceptionFeatureExtractor
+from microdit.evaluate.sharded import (
+    all_reduce_stats,
+    all_reduce_sum,
+    barrier,
+    require_process_group,
+    shard_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +160,15 @@ def reference_stats(
     num_gpus_per_actor: float = 0,
     inception_path: str | Path | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> ReferenceSet:
     """Inception statistics of a reference set, from the cache when its content was seen before.
 
     ``source``: an image folder, a ``.jsonl`` captions index or a uint8 (N, H, W, 3) array.
     ``limit`` keeps the first N images (e.g. 30000 of a larger index). ``num_actors`` > 0
     extracts on a Ray actor pool (Ray must be initialised); 0 extracts in this process with
-    ``extractor`` (one is created when None; pass one to share the loaded network). ``progress``:
-    a progress view of the Inception pass (``console.Progress``).
+    ``extractor`` (one is created on ``device`` when None; pass one to share the loaded network).
+    ``progress``: a progress view of the Inception pass (``console.Progress``).
     """
     if resolution is not None and resolution < 8:
         raise ConfigError(f"resolution: must be >= 8 pixels or None, got {resolution}")
@@ -194,7 +209,7 @@ def reference_stats(
     label = str(source) if array is None else f"array{tuple(array.shape)}"
     return _cached_stats(cache_dir, key, count, resolution, label, captions,
                          lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
-                                                num_gpus_per_actor, inception_path, progress))
+                                                num_gpus_per_actor, inception_path, progress, device))
 
 
 def decoded_reference_stats(
@@ -209,26 +224,56 @@ def decoded_reference_stats(
     num_gpus_per_actor: float = 0,
     inception_path: str | Path | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world: int = 1,
 ) -> ReferenceSet:
     """Statistics of the images ``decode`` makes from ``latents`` (N, C, h, w), cached by content.
 
-    The key covers the latent bytes and ``decoder_id`` (e.g. the VAE's manifest entry), so a
-    cache hit decodes nothing; a miss decodes ``batch_size`` latents at a time straight into the
-    feature moments (memory bounded by one batch, whatever N is)."""
+    The key covers the latent bytes and ``decoder_id`` (the VAE's manifest entry and whatever
+    changes the decoded pixels or their features: decode precision, device type), so a cache hit
+    decodes nothing; a miss decodes ``batch_size`` latents at a time straight into the feature
+    moments (memory bounded by one batch, whatever N is). With ``world`` > 1 every rank of the
+    initialised process group calls this: they agree on hit or miss, and a miss is computed in
+    ``shard_range`` shares, summed on every rank and written once by rank 0."""
     count = len(latents)
     if count < 2:
         raise ConfigError(f"reference: FID needs at least 2 images, the latents give {count}")
     digest = hashlib.sha256(CACHE_VERSION)
     digest.update(f"|inception={INCEPTION_SHA256}|decoded|{decoder_id}|{latents.shape}{latents.dtype}|".encode())
     digest.update(np.ascontiguousarray(latents).tobytes())
-    batches = (decode(latents[i : i + batch_size]) for i in range(0, count, batch_size))  # lazy: misses only
-    return _cached_stats(cache_dir, digest.hexdigest(), count, None, f"latents{tuple(latents.shape)}", None,
-                         lambda: _feature_stats(batches, count, batch_size, extractor, num_actors,
-                                                num_gpus_per_actor, inception_path, progress))
+    key, label = digest.hexdigest(), f"latents{tuple(latents.shape)}"
+
+    def stats_of(part: np.ndarray) -> FeatureStats:  # lazy: misses only
+        batches = (decode(part[i : i + batch_size]) for i in range(0, len(part), batch_size))
+        return _feature_stats(batches, len(part), batch_size, extractor, num_actors, num_gpus_per_actor,
+                              inception_path, progress, device)
+
+    if world <= 1:
+        return _cached_stats(cache_dir, key, count, None, label, None, lambda: stats_of(latents))
+    return _sharded_cached_stats(cache_dir, key, count, label, stats_of, latents, rank, world)
+
+
+def _sharded_cached_stats(cache_dir: str | Path, key: str, count: int, label: str,
+                          stats_of: Callable[[np.ndarray], FeatureStats], latents: np.ndarray, rank: int,
+                          world: int) -> ReferenceSet:
+    """``_cached_stats`` over the ranks of a process group: one decision, each rank a share, one writer."""
+    require_process_group(world)
+    cache_path = _cache_path(cache_dir, key, count, None)
+    cached = _load_cached(cache_path, count)
+    # Every rank must take the same branch (the collectives below): one miss anywhere is a miss for all.
+    if all_reduce_sum(float(cached is None), world) == 0:
+        return ReferenceSet(cached, None, cache_path, key, from_cache=True)
+    mine = shard_range(count, rank, world)
+    stats = all_reduce_stats(stats_of(latents[mine.start : mine.stop]), world)  # exact: float64 moments add
+    if rank == 0:
+        _save_cached(cache_path, stats, key, count, None, label)
+    barrier(world)  # the cache exists for every rank's next call
+    return ReferenceSet(stats, None, cache_path, key, from_cache=False)
 
 
 def _feature_stats(batches, count: int, batch_size: int, extractor, num_actors: int, num_gpus_per_actor: float,
-                   inception_path, progress: bool = False) -> FeatureStats:
+                   inception_path, progress: bool = False, device: str | torch.device = "cpu") -> FeatureStats:
     if num_actors > 0:
         return distributed_feature_stats(
             batches,
@@ -240,23 +285,40 @@ def _feature_stats(batches, count: int, batch_size: int, extractor, num_actors: 
             desc="reference",
             progress=progress,
         )
-    extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size)
+    extractor = extractor or InceptionFeatureExtractor(inception_path, batch_size=batch_size, device=device)
     return local_feature_stats(batches, extractor, total=count, desc="reference", progress=progress)
 
 
 def _cached_stats(cache_dir: str | Path, key: str, count: int, resolution: int | None, label: str,
                   captions: list[str] | None, compute: Callable[[], FeatureStats]) -> ReferenceSet:
     """The cached statistics under ``key``, or ``compute()`` saved there (atomic writes)."""
-    cache_path = storage.join(storage.resolve(cache_dir), f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz")
-    if storage.is_file(cache_path):
-        stats = FeatureStats.load(cache_path)
-        if stats.count == count:
-            log.info("reference stats: cache hit %s", cache_path)
-            return ReferenceSet(stats, captions, cache_path, key, from_cache=True)
-        log.warning(
-            "reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count
-        )
+    cache_path = _cache_path(cache_dir, key, count, resolution)
+    cached = _load_cached(cache_path, count)
+    if cached is not None:
+        return ReferenceSet(cached, captions, cache_path, key, from_cache=True)
     stats = compute()
+    _save_cached(cache_path, stats, key, count, resolution, label)
+    return ReferenceSet(stats, captions, cache_path, key, from_cache=False)
+
+
+def _cache_path(cache_dir: str | Path, key: str, count: int, resolution: int | None) -> str:
+    return storage.join(storage.resolve(cache_dir), f"reference_{resolution or 'native'}px_{count}_{key[:16]}.npz")
+
+
+def _load_cached(cache_path: str, count: int) -> FeatureStats | None:
+    """The statistics cached at ``cache_path``, or None when absent or of another size."""
+    if not storage.is_file(cache_path):
+        return None
+    stats = FeatureStats.load(cache_path)
+    if stats.count != count:
+        log.warning("reference stats: %s holds %d samples, expected %d; recomputing", cache_path, stats.count, count)
+        return None
+    log.info("reference stats: cache hit %s", cache_path)
+    return stats
+
+
+def _save_cached(cache_path: str, stats: FeatureStats, key: str, count: int, resolution: int | None,
+                 label: str) -> None:
     stats.save(cache_path)
     storage.write_text(
         cache_path[: -len(".npz")] + ".json",
@@ -267,4 +329,3 @@ def _cached_stats(cache_dir: str | Path, key: str, count: int, resolution: int |
         )
     )
     log.info("reference stats: %d images -> %s", count, cache_path)
-    return ReferenceSet(stats, captions, cache_path, key, from_cache=False)

@@ -6,8 +6,10 @@ the images are those one process would make) and extracts Inception features. Th
 moments are then summed over ranks (``all_reduce_stats``: count, Σf and Σffᵀ in float64, the
 merge ``FeatureStats`` already does), so the FID equals the single-process one up to float
 round-off; the rows (for the resampled FID uncertainty) and the first images (for the sample
-grid) are gathered in index order. Works on any ``torch.distributed`` backend (NCCL on GPUs,
-gloo on CPU, which the tests use); with ``world == 1`` nothing is communicated.
+grid) are gathered in index order. A missing reference cache is built the same way, each rank
+its share of the reference (``microdit.evaluate.reference.decoded_reference_stats``). Works on any
+``torch.distributed`` backend (NCCL on GPUs, gloo on CPU, which the tests use); with
+``world == 1`` nothing is communicated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from microdit.errors import ConfigError
 from microdit.evaluate.fid import FeatureStats
 
 
@@ -29,6 +32,13 @@ def shard_range(total: int, rank: int, world: int) -> range:
 
 def _distributed(world: int) -> bool:
     return world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def require_process_group(world: int) -> None:
+    """Refuse ``world`` > 1 outside a process group: each rank would keep its share as the whole."""
+    if world > 1 and not _distributed(world):
+        raise ConfigError(f"world={world}: a sharded evaluation needs an initialised torch.distributed process "
+                          "group on every rank (or world=1)")
 
 
 def _device() -> torch.device:

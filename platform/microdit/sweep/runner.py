@@ -156,15 +156,18 @@ def sweep_root(spec: SweepSpec, storage: str | None = None) -> str:
 
 def prepare_shared_work(spec: SweepSpec) -> tuple[float, float]:
     """Work every trial would otherwise repeat, done once in the driver before the first trial:
-    the demo data (when the spec uses it) and the FID reference statistics (cached by content, so
-    trials only read them). Returns (seconds, dollars at one trial's device price): the sweep's overhead."""
+    the demo data (when the spec uses it) and, for CPU trials, the FID reference statistics (cached by
+    content, so trials only read them). GPU trials decode the reference in bf16 on their GPUs, which the
+    cache key tells apart from a CPU decode: the first trial builds that entry, sharded over its
+    workers, and later trials read it. Returns (seconds, dollars at one trial's device price): the
+    sweep's overhead."""
     from microdit.config.recipe import RecipeConfig
     from microdit.train.trainer import ensure_data
 
     started = time.perf_counter()
     probe = RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe"))
     ensure_data(probe)
-    if trial_needs_evaluation(spec):
+    if trial_needs_evaluation(spec) and not probe.resources.use_gpu:
         from microdit.evaluate.pipeline import EvaluationConfig, prepare_reference
 
         prepare_reference(EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()}))
