@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def write_pixel_set(directory: Path, rows: int = 8, sizes: tuple[int, ...] = (16,), length: int = 4, dim: int = 32,
@@ -38,3 +39,18 @@ def write_pixel_set(directory: Path, rows: int = 8, sizes: tuple[int, ...] = (16
         text_encoder={"name": "test", "max_length": length, "dim": dim}, resolutions=list(sizes), tensors=specs,
         prepare={}, shards=[{"file": shard_name(0), "rows": rows}], rows={"real": rows}, units=1, complete=True))
     return directory
+
+
+def spy_inception_devices(monkeypatch) -> list[torch.device]:
+    """The device of the real extractor behind each Inception call (one batch), in call order."""
+    from microdit.evaluate.inception import InceptionFeatureExtractor
+
+    devices: list[torch.device] = []
+    real_call = InceptionFeatureExtractor.__call__
+
+    def spy(self, images):
+        devices.append(self.device)
+        return real_call(self, images)
+
+    monkeypatch.setattr(InceptionFeatureExtractor, "__call__", spy)
+    return devices

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from eval_testing import write_pixel_set
+from eval_testing import spy_inception_devices, write_pixel_set
 
 from microdit.errors import ConfigError
 
@@ -145,7 +145,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, changes, world, mess
 def test_reference_rows_at_the_asked_resolution_and_decoder_on_the_asked_device(tmp_path, monkeypatch):
     from microdit.evaluate.pipeline import prepare_reference
 
-    featurised_on = _spy_inception_devices(monkeypatch)
+    featurised_on = spy_inception_devices(monkeypatch)
     reference = write_pixel_set(tmp_path / "set", rows=ROWS, sizes=(16, 8))
     first_rows, first_decoder, first = prepare_reference(_config(reference))  # the set's first resolution, on CPU
     assert first_rows["latents"].shape == (ROWS, 3, 16, 16)
@@ -163,21 +163,6 @@ def test_reference_rows_at_the_asked_resolution_and_decoder_on_the_asked_device(
     assert not np.allclose(second.stats.mean, first.stats.mean)
 
 
-def _spy_inception_devices(monkeypatch) -> list[torch.device]:
-    """The device of the real extractor behind each Inception call (one batch), in call order."""
-    from microdit.evaluate.inception import InceptionFeatureExtractor
-
-    devices: list[torch.device] = []
-    real_call = InceptionFeatureExtractor.__call__
-
-    def spy(self, images):
-        devices.append(self.device)
-        return real_call(self, images)
-
-    monkeypatch.setattr(InceptionFeatureExtractor, "__call__", spy)
-    return devices
-
-
 def test_reference_pass_and_clip_scorer_run_on_the_device_given(tmp_path, monkeypatch):
     """``torch.device("cpu", 0)`` computes on the CPU but differs from the default ``cpu``: what the
     extractor and scorer hold shows whether the rank's device reached them (a GPU in a Train run)."""
@@ -188,7 +173,7 @@ def test_reference_pass_and_clip_scorer_run_on_the_device_given(tmp_path, monkey
     from microdit.evaluate.clip_score import ClipScorer
     from microdit.evaluate.pipeline import evaluate_model
 
-    featurised_on = _spy_inception_devices(monkeypatch)
+    featurised_on = spy_inception_devices(monkeypatch)
     scorer_devices: list[torch.device] = []
     real_init = ClipScorer.__init__
 

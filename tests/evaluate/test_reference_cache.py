@@ -123,17 +123,9 @@ def test_reference_features_come_from_an_extractor_on_the_given_device(tmp_path,
     """``torch.device("cpu", 0)`` computes on the CPU but is not the default ``cpu``: the extractor
     made for the pass holds it (on a training rank: that rank's GPU)."""
     import torch
+    from eval_testing import spy_inception_devices
 
-    from microdit.evaluate.inception import InceptionFeatureExtractor
-
-    devices: list[torch.device] = []
-    real_call = InceptionFeatureExtractor.__call__
-
-    def spy(self, images):
-        devices.append(self.device)
-        return real_call(self, images)
-
-    monkeypatch.setattr(InceptionFeatureExtractor, "__call__", spy)
+    devices = spy_inception_devices(monkeypatch)
     images = emoji_set[0][:4]  # (4, 64, 64, 3) uint8
     reference_stats(images, tmp_path / "cache", batch_size=4, device=torch.device("cpu", 0))
     latents = images.transpose(0, 3, 1, 2).astype(np.float16)  # stand-in latents (N, C, h, w)
