@@ -38,10 +38,31 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+_CREATED: set[str] = set()  # SQLite stores this process has made sure exist
+
+
 def client(uri: str):
+    """An ``MlflowClient`` for ``uri``; a SQLite store is first created once under a lock (below)."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and uri not in _CREATED:
+        create_sqlite_store(uri)
+        _CREATED.add(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create (or migrate) the SQLite store at ``uri`` while holding ``<file>.lock``: two commands
+    opening a fresh store at once both run MLflow's schema migrations, and the second dies with
+    alembic's "Online migration expected to match one row ... 0 found" (measured). Once created,
+    concurrent readers and writers are SQLite's business (its busy timeout)."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    path = uri[len("sqlite:///"):]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with FileLock(path + ".lock", timeout=600):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # opening the store creates it
 
 
 # MLflow 3's UI opens an experiment on its GenAI overview unless it is tagged as model training.

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more output: -v shows Ray/MLflow info logs, -vv also Tune's status tables")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--address", dest="ray_address", default=None, metavar="auto|HOST:PORT",
+                        help="join this running Ray cluster (its runs share its resources and queue) instead of "
+                             "starting a private local instance for this command (default $RAY_ADDRESS, if set)")
     parser.add_argument("--root", dest="storage_root", default=None,
                         help="storage root for runs, sweeps and prepared sets: a path or a URI such as "
                              "s3://bucket/microdit (default $MICRODIT_ROOT or ~/microdit)")
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from microdit.console import configure
 
     configure(-1 if args.quiet else args.verbose)
+    if args.ray_address:  # connect_ray joins it (and Ray's own internals resolve it) instead of starting one
+        os.environ["RAY_ADDRESS"] = args.ray_address
     if args.storage_root:  # one setting for the whole process and, through the runtime env, every Ray worker
         from microdit.storage import ROOT_ENV, resolve
 

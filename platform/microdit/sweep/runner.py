@@ -61,6 +61,17 @@ def first_corner(spec: SweepSpec) -> dict:
 
 
 def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec: bool = False) -> SweepOutcome:
+    """Run (or resume) the sweep; one process per sweep name and storage root on a machine."""
+    from microdit.exclusive import held_exclusively
+
+    root = sweep_root(spec, storage)
+    sweep_dir = storage_module.join(root, "sweeps", spec.name)
+    with held_exclusively("sweep", spec.name, sweep_dir, "Wait for it to finish (rerunning it later resumes it), "
+                          "or give this sweep another `name:` in its spec."):
+        return _run_sweep(spec, root, sweep_dir, allow_changed_spec)
+
+
+def _run_sweep(spec: SweepSpec, root: str, sweep_dir: str, allow_changed_spec: bool) -> SweepOutcome:
     from ray import tune
 
     from microdit.cluster import check_tracking_fits_cluster, connect_ray
@@ -70,8 +81,6 @@ def run_sweep(spec: SweepSpec, *, storage: str | None = None, allow_changed_spec
     from microdit.sweep.trial import run_trial
 
     started = time.perf_counter()
-    root = sweep_root(spec, storage)
-    sweep_dir = storage_module.join(root, "sweeps", spec.name)
     experiment_path = storage_module.join(sweep_dir, "tune")
     resuming = tune.Tuner.can_restore(experiment_path)
     record_spec(sweep_dir, spec, resuming=resuming, allow_changed_spec=allow_changed_spec)

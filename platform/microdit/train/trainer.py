@@ -183,6 +183,20 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     A run name that exists resumes it, but only with the recipe it started with (unless allowed).
     ``log_final=False``: the caller (a sweep trial) logs the final metrics itself, evaluation included.
     ``progress``: show step/total · phase · loss · $ · ETA in this process (``microdit train``)."""
+    from microdit.exclusive import held_exclusively
+
+    name = run_name or recipe.name
+    run_dir = storage.join(storage_path(recipe), name)
+    with held_exclusively("train", name, run_dir, "Wait for it to finish (relaunching it later resumes it), or "
+                          "train under another name (--set name=...)."):
+        return _run_training(recipe, name, run_dir, parent_run_id=parent_run_id, callbacks=callbacks,
+                             mlflow_tags=mlflow_tags, allow_changed_recipe=allow_changed_recipe, log_final=log_final,
+                             mlflow_params=mlflow_params, progress=progress)
+
+
+def _run_training(recipe: RecipeConfig, name: str, run_dir: str, *, parent_run_id: str | None,
+                  callbacks: list | None, mlflow_tags: dict[str, str] | None, allow_changed_recipe: bool,
+                  log_final: bool, mlflow_params: dict[str, Any] | None, progress: bool) -> TrainSummary:
     import time
 
     import ray.train
@@ -197,9 +211,7 @@ def run_training(recipe: RecipeConfig, *, run_name: str | None = None, parent_ru
     check_tracking_fits_cluster(uri)
     ensure_data(recipe)
     model_config, caption_len = resolve_model(recipe)
-    name = run_name or recipe.name
     storage_root = storage_path(recipe)
-    run_dir = storage.join(storage_root, name)
     existing = find_run(uri, recipe.tracking.experiment, name)
     if existing and not allow_changed_recipe:
         check_resumed_recipe(uri, existing, recipe)
