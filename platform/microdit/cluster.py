@@ -95,8 +95,8 @@ def connect_ray() -> None:
         _STARTED.update(ray_address=os.environ.get("RAY_ADDRESS", ""), ray_tmpdir=os.environ.get("RAY_TMPDIR", ""))
         os.environ["RAY_TMPDIR"] = private_ray_tmpdir()
         _start_local_instance(env, ray_init_kwargs())
-        log.info("started a private local Ray instance at %s (logs under %s)", _STARTED["address"],
-                 os.environ["RAY_TMPDIR"])
+        log.info("Ray: a private local instance at %s; its logs: %s", _STARTED["address"],
+                 os.path.join(os.environ["RAY_TMPDIR"], "ray", "session_latest", "logs"))
     quiet_ray_data()
 
 

@@ -3,9 +3,12 @@
 The CLI calls ``configure(verbosity)`` once (``-q`` = -1, default 0, ``-v`` = 1, ``-vv`` = 2). At the
 default, microdit's own ``logging`` lines show (INFO, one line each, on stderr) while Ray, Ray
 Train/Tune/Data, MLflow and Optuna show warnings and errors only: ``ray_init_kwargs`` applies the
-same level to every Ray worker (``ray.LoggingConfig``), Tune's status tables and trial-config dumps
-are off (``tune_verbosity``) and progress bars draw only on a terminal. The full logs stay in Ray's
-session directory (``/tmp/ray/session_latest/logs``). ``TrialLines`` prints one line per trial
+same level to every Ray worker (``ray.LoggingConfig``) and keeps workers' output out of the console
+(``log_to_driver``: a worker's traceback or Ray's notice of a dead worker is one ``TrialLines`` line
+here, with the file that holds the details), Tune's status tables and trial-config dumps are off
+(``tune_verbosity``) and progress bars draw only on a terminal. The full logs stay in Ray's session
+directory (a private local instance's: ``/tmp/microdit-ray-*/ray/session_latest/logs``, logged when
+it starts). ``TrialLines`` prints one line per trial
 start, a throttled progress line while it runs and one when it ends; ``where_to_look`` is the end of
 a sweep: the MLflow UI command for this store, the Pareto plot, the best trial's weights and the
 next commands.
@@ -36,6 +39,7 @@ def configure(verbosity: int = 0) -> None:
     os.environ[VERBOSITY_ENV] = str(verbosity)
     if verbosity < 1:  # MLflow sets its own logger up when imported (later): tell it by variable
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)  # a no-op if the host set one up
     logging.getLogger("microdit").setLevel(level)
@@ -46,11 +50,15 @@ def configure(verbosity: int = 0) -> None:
 
 
 def ray_init_kwargs() -> dict[str, Any]:
-    """``ray.init`` arguments: the driver's and every worker's Ray log level."""
+    """``ray.init`` arguments: the driver's and every worker's Ray log level, and whether workers'
+    output is echoed here: not below ``-v``, where a worker's traceback, Ray's "worker died" notices
+    and Train's cleaner warnings stay in the Ray logs (``connect_ray`` says where they are) and the
+    console keeps one line per event (``TrialLines``: a failed or rerun trial, with its error file)."""
     import ray
 
     level = "INFO" if VERBOSITY >= 1 else "WARNING"
-    return {"logging_level": getattr(logging, level), "logging_config": ray.LoggingConfig(log_level=level)}
+    return {"logging_level": getattr(logging, level), "logging_config": ray.LoggingConfig(log_level=level),
+            "log_to_driver": VERBOSITY >= 1}
 
 
 def train_logging_config():
@@ -214,8 +222,9 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
             return f"trial {number}/{total} {trial.trial_id}"
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            again = trial.trial_id in self.started  # a rerun after a lost process (on_trial_recover said why)
             self.started[trial.trial_id] = self.last[trial.trial_id] = time.monotonic()
-            _say(f"{self._tag(trial)} started: {params(trial.config)}")
+            _say(f"{self._tag(trial)} restarted" if again else f"{self._tag(trial)} started: {params(trial.config)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             now = time.monotonic()
@@ -239,6 +248,11 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
 
         def on_trial_error(self, iteration, trials, trial, **info):
             _say(f"{self._tag(trial)} FAILED: {last_error_line(trial)}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            _say(f"{self._tag(trial)} lost its process, rerun from its last checkpoint "
+                 f"(failure {trial.run_metadata.num_failures} of at most {trial.max_failures + 1}): "
+                 f"{last_error_line(trial)}")
 
     return TrialLines()
 

@@ -26,13 +26,16 @@ def children(uri: str, parent_id: str):
 def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp_path, capsys):
     """One trial finishes, one fails on purpose. The report's cost is the trial's logged final cost
     (training + evaluation, MLflow's latest value), the total is the trials plus the driver's shared
-    overhead, the failure is counted and `microdit sweep` exits 1; `microdit compare` writes nothing."""
+    overhead, the failure is counted and `microdit sweep` exits 1; `microdit compare` writes nothing.
+    The finishing trial loses its process at step 2 (its driver is killed, as by a lost node): Tune
+    reruns it, it resumes from its last checkpoint and the report counts the rerun; the failing
+    trial's own error is final (no rerun)."""
     from microdit.cli.main import main
     from microdit.sweep.accounting import FINAL_COST, usd
 
     data = tiny_spec(tiny_demo, tmp_path, "e2e")
     data["space"] = {"variant": {"grid": [
-        {"phases[0].mask_ratio": 0.0},
+        {"phases[0].mask_ratio": 0.0, "debug.kill_driver_at_step": 2, "tracking.checkpoint_every_steps": 1},
         {"phases[0].mask_ratio": 0.5, "debug.fail_at_step": 1, "tracking.max_failures": 0},
     ]}}
     data["budget"]["max_concurrent"] = 2  # both at once: the session cluster fits two 0.5-CPU trials
@@ -57,6 +60,7 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     assert len(lines) <= 80, f"{len(lines)} lines:\n{text}"
     assert "sweep e2e: 1 finished, 0 stopped early, 1 failed" in text and "1 trial(s) failed" in text
     assert sum(line.startswith("trial ") and " started: " in line for line in lines) == 2
+    assert sum(line.startswith("trial ") and line.endswith(" restarted") for line in lines) == 1
     (failed,) = [line for line in lines if line.startswith("trial ") and " FAILED: " in line]
     assert "RuntimeError: injected failure at step 1 (debug.fail_at_step)" in failed  # the error, named
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -66,6 +70,9 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     (best,) = [line for line in lines if line.startswith("  best ")]
     assert best.split()[-1].endswith("/final_weights.pt") and Path(best.split()[-1]).is_file()
     assert "Reporting training result" not in text and "Trial status" not in text  # Ray's internals stay quiet
+    assert "Traceback" not in text, text
+    (rerun,) = [line for line in lines if " lost its process, rerun from its last checkpoint" in line]
+    assert rerun.startswith("trial ") and "(failure 1 of at most 3)" in rerun
 
     spec = load_sweep(str(spec_file))
     uri = spec.mlflow_uri
@@ -102,6 +109,11 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     assert max(history, key=lambda m: m.step).value == metrics[FINAL_COST]
     assert 0 < metrics["fid_8"] < 1e4 and metrics["fid_8_std"] > 0
     assert metrics["loss"] > 0  # step metrics logged by rank 0 into the child run
+    assert good.data.tags["microdit.trial_attempts"] == "2" and bad.data.tags["microdit.trial_attempts"] == "1"
+    resumed = mlflow_client.get_metric_history(good.info.run_id, "resumed_from_step")
+    # the rerun continued from the last checkpoint Train had registered: step 2's, or step 1's when the
+    # kill came before the controller's next poll took in step 2's report
+    assert [m.value for m in resumed] in ([1.0], [2.0])
 
     report = compare("e2e", uri, spec.experiment)
     (row,) = [r for r in report.rows if r["status"] == "finished"]
@@ -109,6 +121,8 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     failed_row = next(r for r in report.rows if r["status"] == "failed")
     assert report.spent_usd == pytest.approx(row["cost_usd"] + failed_row["cost_usd"] + overhead, rel=1e-12)
     assert (report.finished, report.failed) == (1, 1) and len(report.configs) == 1 and report.front == [0]
+    assert "1 finished, 0 stopped early, 1 failed (1 rerun after losing their process, from their last checkpoint)" \
+        in report.text
     assert f"spent {usd(report.spent_usd)} = trials {usd(report.spent_usd - overhead)}" in report.text
     assert "best fid_8" in report.text
     assert set(failed_row["variant"].split(",")) == {"phases[0].mask_ratio=0.5", "debug.fail_at_step=1",

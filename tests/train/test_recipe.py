@@ -74,7 +74,7 @@ def test_shipped_recipes_load():
         ({"resources.strategy": "zero3"}, "resources.strategy='zero3': Input should be 'ddp' or 'fsdp'"),
         ({"resources.num_workers": -1}, "resources.num_workers=-1: Input should be greater than or equal to 0"),
         ({"tracking.log_every_steps": 0}, "tracking.log_every_steps=0: Input should be greater than 0"),
-        ({"debug": {"crash": 1}}, "debug=['crash']: allowed keys: fail_at_step, nan_at_step, record_ids_dir"),
+        ({"debug": {"crash": 1}}, "debug=['crash']: allowed keys: fail_at_step, nan_at_step, record_ids_dir, kill_driver_at_step"),
         ({"name": "my run"}, "name='my run': must be letters, digits, - or _ (it names the Ray run and the MLflow run)"),
         ({"model.size": "MicroDiT_Huge_1"}, "model.size='MicroDiT_Huge_1' is not a known size; choose one of "
                                             "MicroDiT_Nano_2, "),

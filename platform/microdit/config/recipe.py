@@ -34,9 +34,10 @@ from microdit.errors import ConfigError
 PRICE_PER_HOUR = {"H100": 3.79, "H200": 4.50, "A100": 1.79, "L4": 0.80, "CPU": 0.05}
 # Dense bf16 peak FLOP/s per device for MFU; CPU has no meaningful peak (log FLOP/s instead).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-# Test hooks: a one-time failure on the last rank, a NaN loss, and a JSONL file per rank of the
-# row ids each micro-batch consumed (to check resume exactness: no duplicate, no gap).
-DEBUG_KEYS = ("fail_at_step", "nan_at_step", "record_ids_dir")
+# Test hooks: a one-time failure on the last rank, a NaN loss, a JSONL file per rank of the row ids
+# each micro-batch consumed (to check resume exactness: no duplicate, no gap), and a one-time SIGKILL
+# of the process that drives the run (a sweep trial lost to an infrastructure failure).
+DEBUG_KEYS = ("fail_at_step", "nan_at_step", "record_ids_dir", "kill_driver_at_step")
 # The official monitoring protocol (SPEC §4): 30 Heun steps, guidance 5. Every sampling default uses it.
 OFFICIAL_SAMPLE_STEPS = 30
 OFFICIAL_GUIDANCE = 5.0

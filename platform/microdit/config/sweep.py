@@ -245,6 +245,9 @@ class SweepSpec(StrictModel):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     finetune: Finetune | None = None  # the paper's protocol: an unmasked fine-tune ends every trial
     seeds: PositiveInt = 1  # replicates per configuration (seed, seed+1, ...): the report shows mean ± std
+    # a trial whose process or node is lost is rerun this many times, resuming from its last checkpoint;
+    # a trial whose own code raises is not rerun (it fails once and is reported)
+    trial_retries: Annotated[int, Field(ge=0)] = 2
     mlflow_uri: str | None = None
     experiment: NonEmpty = "microdit-sweeps"
     storage_path: str | None = None

@@ -70,7 +70,8 @@ def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
         status = run.data.tags.get("microdit.trial_status") or (
             "running" if run.info.status == "RUNNING" else run.info.status.lower())
         row = {"trial": run.data.tags.get(RUN_NAME_TAG, run.info.run_name), "status": status,
-               "replicate": 0, **params, **run.data.metrics}
+               "replicate": 0, "attempts": int(run.data.tags.get("microdit.trial_attempts", "1")), **params,
+               **run.data.metrics}
         row["cost_usd"] = trial_cost(row)
         rows.append(row)
     rows.sort(key=lambda r: r["trial"])
@@ -121,12 +122,15 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
     config_table = [{**c, **{m: with_error(c.get(m), c.get(f"{m}_std")) for m in metric_cols}} for c in configs]
     config_cols = [*swept, "n", *metric_cols, "vs_best", "trials"]
     counts = {status: sum(r["status"] == status for r in rows) for status in ("stopped_early", "failed")}
+    rerun = sum(r["attempts"] > 1 for r in rows)  # trials Tune reran after their process or node was lost
     spent = sweep_total(rows, overhead)
-    trial_cols = ["trial", "status", *swept, *(["replicate"] if any(r["replicate"] for r in rows) else []),
+    trial_cols = ["trial", "status", *(["attempts"] if rerun else []), *swept,
+                  *(["replicate"] if any(r["replicate"] for r in rows) else []),
                   *names, *(f"{m}_std" for m in names if any(f"{m}_std" in r for r in rows)),
                   *(c for c in ("cost_usd", "final/train_usd", "final/eval_usd", "images_seen") if c not in names)]
+    lost = f" ({rerun} rerun after losing their process, from their last checkpoint)" if rerun else ""
     lines = [f"sweep {sweep_name}: {len(rows)} trials — {len(finished)} finished, {counts['stopped_early']} stopped "
-             f"early, {counts['failed']} failed; spent {usd(spent)} = trials {usd(spent - overhead)} + shared "
+             f"early, {counts['failed']} failed{lost}; spent {usd(spent)} = trials {usd(spent - overhead)} + shared "
              f"overhead {usd(overhead)} (data, FID reference statistics)",
              "", "configurations (mean ± std over seeds; one seed: FID ± its half-sampling std):",
              format_table(config_table, config_cols), "",

@@ -78,7 +78,7 @@ def _run_sweep(spec: SweepSpec, root: str, sweep_dir: str, allow_changed_spec: b
     from microdit.console import tune_verbosity
     from microdit.sweep.report import sweep_report
     from microdit.sweep.search import build_searcher
-    from microdit.sweep.trial import run_trial
+    from microdit.sweep.trial import own_errors_are_final, run_trial
 
     started = time.perf_counter()
     experiment_path = storage_module.join(sweep_dir, "tune")
@@ -124,7 +124,8 @@ def _run_sweep(spec: SweepSpec, root: str, sweep_dir: str, allow_changed_spec: b
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials(),
                                         max_concurrent_trials=spec.max_concurrent),
             run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=tune_verbosity(),
-                                          callbacks=[trial_lines(spec)]),
+                                          callbacks=[own_errors_are_final(), trial_lines(spec)],
+                                          failure_config=ray.tune.FailureConfig(max_failures=spec.trial_retries)),
         )
     results = tuner.fit()
     report = sweep_report(spec, uri, parent_run_id, results, sweep_dir)

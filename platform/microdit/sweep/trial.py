@@ -4,6 +4,14 @@ SPEC §8: in Ray 2.60 the only Tune + Train pattern is a Tune function trial tha
 fits its own ``TorchTrainer``; worker metrics reach Tune through ``TuneReportCallback`` (so
 ASHA can stop a trial on an intermediate metric), and the trial reports its final metrics with
 ``ray.tune.report``. The trial's MLflow run is a child of the sweep's run.
+
+Failures: a trial whose process or node is lost (Ray reports the trial actor dead) is rerun by
+Tune (``FailureConfig(max_failures=spec.trial_retries)``); the rerun trains under the same Train
+run name, so it resumes from that run's last checkpoint, and its MLflow run counts the attempts
+(``microdit.trial_attempts``, shown by the report). A trial whose own code raised (a bad value, a
+non-finite loss, a Train run that used up its own retries) reports ``trial_own_error`` just before
+the error reaches Tune: ``own_errors_are_final`` then sets that trial's retries to 0, so it fails
+once and is reported, and no budget is spent rerunning a deterministic failure.
 """
 
 from __future__ import annotations
@@ -18,6 +26,54 @@ from microdit.config.sweep import load_sweep, value_label
 from microdit.sweep.accounting import trial_final_metrics
 from microdit.sweep.search import REPLICATE, param_name
 from microdit.tracking import metric_key
+
+OWN_ERROR = "trial_own_error"  # in a trial's last report: its own code raised, do not rerun it
+ATTEMPTS_TAG = "microdit.trial_attempts"  # on the trial's MLflow run: 1, then 2 after a rerun...
+# Ray's errors for a lost process, node or object: the trial's code did nothing wrong
+INFRASTRUCTURE_ERRORS = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                         "WorkerCrashedError", "OwnerDiedError", "ObjectLostError", "LocalRayletDiedError",
+                         "RaySystemError")
+
+
+def is_infrastructure_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is Ray losing a process, node or object."""
+    from ray import exceptions
+
+    kinds = tuple(getattr(exceptions, name) for name in INFRASTRUCTURE_ERRORS if hasattr(exceptions, name))
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def own_errors_are_final():
+    """A Tune callback: a trial whose last report says its own code raised gets no rerun (Tune reruns
+    a failed trial while its failures <= ``trial.max_failures``, read at the failure)."""
+    from ray.tune import Callback
+
+    class OwnErrorsAreFinal(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(OWN_ERROR):
+                trial.max_failures = 0
+
+    return OwnErrorsAreFinal()
+
+
+def next_attempt(uri: str, experiment: str, run_name: str) -> tuple[int, str | None]:
+    """(this attempt's number, the trial's existing MLflow run id or None): a rerun after a lost
+    process finds the run the first attempt created and counts itself on it."""
+    from microdit.tracking import client, find_run
+
+    existing = find_run(uri, experiment, run_name)
+    if existing is None:
+        return 1, None
+    attempt = int(client(uri).get_run(existing).data.tags.get(ATTEMPTS_TAG, "1")) + 1
+    client(uri).set_tag(existing, ATTEMPTS_TAG, str(attempt))
+    return attempt, existing
 
 
 def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +98,16 @@ def trial_params(values: dict[str, Any], replicate: int, seeds: int) -> dict[str
 
 
 def run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block (Tune/Train wiring: the e2e sweeps run it)
+    """Train, evaluate and report one trial; an error of its own code is marked final (module docstring)."""
+    try:
+        _run_trial(config)
+    except Exception as err:
+        if not is_infrastructure_failure(err):
+            tune.report({OWN_ERROR: 1.0})  # seen by own_errors_are_final before the error arrives
+        raise
+
+
+def _run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from microdit.console import configure_worker
@@ -64,9 +130,10 @@ def run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block (Tune/
                                     "storage_path": config["train_storage"]})
     recipe = RecipeConfig.from_dict(recipe_dict)
     params = trial_params(values, replicate, spec.seeds)  # logged before training: a failed trial keeps them
+    attempt, _ = next_attempt(config["mlflow_uri"], spec.experiment, recipe.name)
     summary = run_training(recipe, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()],
-                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name}, log_final=False,
-                           mlflow_params=params)
+                           mlflow_tags={"tune.trial_id": trial_id, "microdit.sweep": spec.name,
+                                        ATTEMPTS_TAG: str(attempt)}, log_final=False, mlflow_params=params)
     uri = config["mlflow_uri"]
     mlflow_client = client(uri)
     results = None

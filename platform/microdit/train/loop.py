@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -370,9 +372,16 @@ class WorkerRun:
         progress.finished = progress.phase >= len(self.recipe.phases)
 
     def maybe_inject_failure(self) -> None:
-        """``debug.fail_at_step``: the last rank raises once at that step (a marker file remembers)."""
-        step = self.progress.global_step
-        if self.recipe.debug.get("fail_at_step") != step or self.rank != self.world - 1:
+        """``debug.fail_at_step``: the last rank raises once at that step; ``debug.kill_driver_at_step``:
+        rank 0 kills the run's driver process (SIGKILL) once at that step (marker files remember)."""
+        step, debug = self.progress.global_step, self.recipe.debug
+        if debug.get("kill_driver_at_step") == step and self.rank == 0 and self.config.get("driver_pid"):
+            marker = storage.join(self.config["run_dir"], f"killed_driver_once_at_{step}")
+            if not storage.exists(marker):
+                storage.write_text(marker, "")
+                os.kill(int(self.config["driver_pid"]), signal.SIGKILL)
+                time.sleep(60)  # the driver's death takes this worker down with it
+        if debug.get("fail_at_step") != step or self.rank != self.world - 1:
             return
         marker = storage.join(self.config["run_dir"], f"failed_once_at_{step}")
         if not storage.exists(marker):

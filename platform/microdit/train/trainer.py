@@ -19,6 +19,7 @@ storage is; their location is tagged on the MLflow run (``microdit.weights``).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,8 @@ def _run_training(recipe: RecipeConfig, name: str, run_dir: str, *, parent_run_i
             deviation = deviation_from_official(recipe.evaluation.steps, recipe.evaluation.guidance)
             client(uri).set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
     config = {"recipe": with_resolved_data(recipe), "model_config": model_config.to_dict(), "caption_len": caption_len,
-              "mlflow_uri": uri, "mlflow_run_id": run_id, "run_dir": run_dir}
+              "mlflow_uri": uri, "mlflow_run_id": run_id, "run_dir": run_dir,
+              "driver_pid": os.getpid()}  # debug.kill_driver_at_step only
     run_callbacks, view = list(callbacks or []), None
     if progress:
         from microdit.train.progress import TrainProgress
