@@ -130,3 +130,62 @@ def test_address_option_joins_the_given_cluster(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["--address", "auto", "model", "--size", "MicroDiT_Nano_2"]) == 0
     assert os.environ["RAY_ADDRESS"] == "auto"  # connect_ray joins instead of starting its own
+
+
+@pytest.mark.ray
+def test_two_sweeps_20_s_apart_and_a_training_run_on_one_machine_all_finish(tiny_demo, tmp_path):
+    """The issue's scenario, as a user runs it: ``microdit sweep`` in one terminal, 20 s later a second
+    sweep and a ``microdit train`` in two more, every one on its own local Ray instance, one shared
+    storage root and its one fresh MLflow SQLite store. Before: the first sweep lost its trials ("its
+    placement group was removed"), tracebacks of Train's placement-group cleaner filled both consoles,
+    and the second died creating the store (alembic "Online migration expected to match one row")."""
+    import yaml
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "sweep"))
+    from sweep_testing import tiny_spec
+
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI")}
+    env["MICRODIT_ROOT"] = str(root)
+
+    def command(name: str, *argv: str) -> tuple[subprocess.Popen, object]:
+        console = (tmp_path / f"{name}.log").open("w")
+        return subprocess.Popen([sys.executable, "-m", "microdit", *argv], stdout=console,
+                                stderr=subprocess.STDOUT, env=env), console
+
+    def sweep_file(name: str, ratio: float) -> str:
+        spec = tiny_spec(tiny_demo, tmp_path, name)
+        del spec["mlflow_uri"], spec["storage_path"]  # the shared root's defaults
+        spec["space"] = {"phases[0].mask_ratio": {"grid": [ratio]}}  # one trial each
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return str(path)
+
+    phase = "[{name: only, resolution: 32, mask_ratio: 0.5, steps: 3, batch_size: 8, lr: 1.0e-3}]"
+    train_args = ["train", "demo", "--no-progress", "--set", "name=side", "--set", "model.size=MicroDiT_Nano_4",
+                  "--set", f"data.real={tiny_demo['demo_real']}", "--set", f"data.synthetic={tiny_demo['demo_synthetic']}",
+                  "--set", "data.shuffle_buffer=16", "--set", f"phases={phase}", "--set", "resources.num_workers=1",
+                  "--set", "tracking.sample_grid=false"]
+    first = command("first", "sweep", sweep_file("first", 0.0))
+    time.sleep(20)
+    others = [command("second", "sweep", sweep_file("second", 0.5)), command("side", *train_args)]
+    codes = {}
+    for name, (process, console) in zip(("first", "second", "side"), [first, *others]):
+        codes[name] = process.wait(timeout=900)
+        console.close()
+    consoles = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
+    for name, text in consoles.items():
+        assert codes[name] == 0, f"{name}:\n{text[-4000:]}"
+        assert "Traceback" not in text and "Found multiple active Ray instances" not in text, f"{name}:\n{text}"
+    addresses = {name: next(line for line in text.splitlines() if line.startswith("Ray: a private local instance"))
+                 for name, text in consoles.items()}
+    assert len(set(addresses.values())) == 3  # three instances, one per command
+    for name in ("first", "second"):
+        assert f"sweep {name}: 1 finished, 0 stopped early, 0 failed" in consoles[name]
+    assert "run side: 3 steps, 24 images" in consoles["side"]
+
+    for name in ("first", "second"):  # both sweeps, read back from the one shared store
+        compared = subprocess.run([sys.executable, "-m", "microdit", "compare", name], capture_output=True,
+                                  text=True, env=env, timeout=120)
+        assert compared.returncode == 0, compared.stderr
+        assert f"sweep {name}: 1 trials — 1 finished, 0 stopped early, 0 failed" in compared.stdout
