@@ -121,8 +121,9 @@ def test_two_trial_sweep_accounting_failure_and_read_only_compare(tiny_demo, tmp
     failed_row = next(r for r in report.rows if r["status"] == "failed")
     assert report.spent_usd == pytest.approx(row["cost_usd"] + failed_row["cost_usd"] + overhead, rel=1e-12)
     assert (report.finished, report.failed) == (1, 1) and len(report.configs) == 1 and report.front == [0]
-    assert "1 finished, 0 stopped early, 1 failed (1 rerun after losing their process, from their last checkpoint)" \
+    assert "1 finished, 0 stopped early, 1 failed (1 restarted after a failure, from their last checkpoint)" \
         in report.text
+    assert (row["restarts"], failed_row["restarts"]) == (1, 0)
     assert f"spent {usd(report.spent_usd)} = trials {usd(report.spent_usd - overhead)}" in report.text
     assert "best fid_8" in report.text
     assert set(failed_row["variant"].split(",")) == {"phases[0].mask_ratio=0.5", "debug.fail_at_step=1",

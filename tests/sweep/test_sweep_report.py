@@ -354,6 +354,30 @@ def test_a_sweep_with_no_finished_trial_reports_counts_and_cost(uri):
     assert "pareto.png" not in [a.path for a in client(uri).list_artifacts(parent)]
 
 
+def test_restarts_count_tune_reruns_and_train_resumes_once_each(uri):
+    """A trial's restarts: Tune reruns (``microdit.trial_attempts``) or resumes from a checkpoint
+    (``resumed_from_step``, logged by Train's own restarts and by reruns that found a checkpoint),
+    whichever is more: a rerun that resumed is one restart, not two."""
+    parent = _parent(uri, objectives=["fid_128:min", "cost_usd:min"])
+    cases = {"d0001": (None, []), "d0002": ("2", [4]), "d0003": ("2", []), "d0004": (None, [3, 7]),
+             "d0005": ("2", [2, 9])}  # (attempts tag, resumed_from_step values)
+    for index, (trial, (attempts, resumed)) in enumerate(cases.items()):
+        run_id = _trial(uri, parent, trial, {"phases[0].mask_ratio": index / 8}, status="finished",
+                        mlflow_status="FINISHED", metrics=_final(1.0, 100.0 + index, 1.0))
+        if attempts:
+            client(uri).set_tag(run_id, "microdit.trial_attempts", attempts)
+        for step in resumed:
+            client(uri).log_metric(run_id, "resumed_from_step", float(step), step=step)
+    report = build_report(uri, parent, [("fid_128", "min"), ("cost_usd", "min")], SWEEP)
+    assert {r["trial"].rsplit("-", 1)[1]: r["restarts"] for r in report.rows} == {
+        "d0001": 0, "d0002": 1, "d0003": 1, "d0004": 2, "d0005": 2}
+    assert "5 finished, 0 stopped early, 0 failed (4 restarted after a failure, from their last checkpoint); " \
+        in report.text.splitlines()[0]
+    lines = report.text.splitlines()
+    header = lines[lines.index("all trials:") + 1]
+    assert header.split()[:3] == ["trial", "status", "restarts"]
+
+
 @dataclass
 class Result:
     """What ``mark_unfinished`` reads of a ``ray.tune.Result``."""

@@ -60,8 +60,13 @@ def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
             mlflow_client.set_terminated(run.info.run_id, "FAILED" if result.error else "KILLED")
 
 
-def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
-    """One row per child run (status, swept values, replicate, final metrics) and the swept keys."""
+def trial_rows(children, mlflow_client=None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per child run (status, swept values, replicate, restarts, final metrics) and the swept keys.
+
+    ``restarts``: how often the trial started again after a failure. Tune reruns of a trial whose
+    process was lost count on its run (``microdit.trial_attempts``); Train's own restarts of a failed
+    worker group, and reruns that found a checkpoint, each log ``resumed_from_step`` (read with
+    ``mlflow_client``), so the larger count covers both without counting one restart twice."""
     rows, swept_keys = [], set()
     for run in children:
         params = {spec_key(k[len("sweep."):]): _number(v) for k, v in run.data.params.items()
@@ -69,9 +74,11 @@ def trial_rows(children) -> tuple[list[dict[str, Any]], list[str]]:
         swept_keys.update(k for k in params if k != "replicate")
         status = run.data.tags.get("microdit.trial_status") or (
             "running" if run.info.status == "RUNNING" else run.info.status.lower())
+        reruns = int(run.data.tags.get("microdit.trial_attempts", "1")) - 1
+        resumes = len(mlflow_client.get_metric_history(run.info.run_id, "resumed_from_step")) \
+            if mlflow_client is not None and "resumed_from_step" in run.data.metrics else 0
         row = {"trial": run.data.tags.get(RUN_NAME_TAG, run.info.run_name), "status": status,
-               "replicate": 0, "attempts": int(run.data.tags.get("microdit.trial_attempts", "1")), **params,
-               **run.data.metrics}
+               "replicate": 0, "restarts": max(reruns, resumes), **params, **run.data.metrics}
         row["cost_usd"] = trial_cost(row)
         rows.append(row)
     rows.sort(key=lambda r: r["trial"])
@@ -106,7 +113,7 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
                  log_to_parent: bool = False) -> SweepReport:
     """The sweep's tables from MLflow alone; ``log_to_parent`` also writes them to the parent run."""
     mlflow_client = client(uri)
-    rows, swept = trial_rows(child_runs(uri, parent_run_id))
+    rows, swept = trial_rows(child_runs(uri, parent_run_id), mlflow_client)
     overhead = float(mlflow_client.get_run(parent_run_id).data.metrics.get("overhead_usd", 0.0))
     names = [m for m, _ in objectives]
     finished = [r for r in rows if r["status"] == "finished" and all(m in r for m in names)]
@@ -122,13 +129,13 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
     config_table = [{**c, **{m: with_error(c.get(m), c.get(f"{m}_std")) for m in metric_cols}} for c in configs]
     config_cols = [*swept, "n", *metric_cols, "vs_best", "trials"]
     counts = {status: sum(r["status"] == status for r in rows) for status in ("stopped_early", "failed")}
-    rerun = sum(r["attempts"] > 1 for r in rows)  # trials Tune reran after their process or node was lost
+    restarted = sum(r["restarts"] > 0 for r in rows)  # trials that started again after a failure
     spent = sweep_total(rows, overhead)
-    trial_cols = ["trial", "status", *(["attempts"] if rerun else []), *swept,
+    trial_cols = ["trial", "status", *(["restarts"] if restarted else []), *swept,
                   *(["replicate"] if any(r["replicate"] for r in rows) else []),
                   *names, *(f"{m}_std" for m in names if any(f"{m}_std" in r for r in rows)),
                   *(c for c in ("cost_usd", "final/train_usd", "final/eval_usd", "images_seen") if c not in names)]
-    lost = f" ({rerun} rerun after losing their process, from their last checkpoint)" if rerun else ""
+    lost = f" ({restarted} restarted after a failure, from their last checkpoint)" if restarted else ""
     lines = [f"sweep {sweep_name}: {len(rows)} trials — {len(finished)} finished, {counts['stopped_early']} stopped "
              f"early, {counts['failed']} failed{lost}; spent {usd(spent)} = trials {usd(spent - overhead)} + shared "
              f"overhead {usd(overhead)} (data, FID reference statistics)",
