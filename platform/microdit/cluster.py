@@ -16,10 +16,11 @@ machine (two sweeps, a sweep and ``microdit train``) never see each other's clus
 state API in workers, ``ray.util.state`` in the driver): from ``RAY_ADDRESS``, else from the
 ``ray_current_cluster`` file of the Ray temp dir, which the *latest* instance on the machine
 overwrites (one run's cleaner then watched another run's cluster, found its controller missing and
-removed live placement groups). So each local instance gets its own temp dir (``RAY_TMPDIR``, set
-before ``ray.init``: the raylet and every worker inherit it, and their address file names this
-instance), and right after ``ray.init`` the driver exports the instance's address as
-``RAY_ADDRESS``.
+removed live placement groups; with two instances and no such file they raised "Found multiple
+active Ray instances"). So the GCS port of a local instance is chosen before ``ray.init``, the job's
+runtime env hands every worker ``RAY_ADDRESS`` for it, the driver exports the same right after
+``ray.init``, and the instance gets its own temp dir (``RAY_TMPDIR``: its sessions and logs apart
+from every other run's).
 
 ``check_tracking_fits_cluster`` refuses a file-based MLflow store once the cluster has more than
 one node: a worker on another node would open its own empty SQLite file at the same path and

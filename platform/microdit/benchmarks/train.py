@@ -61,21 +61,11 @@ SIZE = "MicroDiT_Nano_4"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py train", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--part",
-        choices=("all", "demo", "overhead", "feed"),
-        default="all",
-        help="demo loop vs model, Ray overhead, both (all), or the input wait per step (feed)",
-    )
+    parser.add_argument("--part", choices=("all", "demo", "overhead", "feed"), default="all",
+                        help="demo loop vs model, Ray overhead, both (all), or the input wait per step (feed)")
     parser.add_argument("--recipe", default="demo", help="part 1: the recipe to run (default demo)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="part 1: recipe override",
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="part 1: recipe override")
     parser.add_argument(
         "--ref-reps", type=int, default=12, help="part 1: timed reference steps per phase config"
     )

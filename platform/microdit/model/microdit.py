@@ -140,21 +140,20 @@ class MicroDiT(nn.Module):
         builds it in its graph instead of writing module state, which would cost a recompile)."""
         if (grid_h, grid_w) == self.pos_grid:
             return self.pos_embed
-        table = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, self.config.pos_scale(grid_h))
-        table = table.to(self.pos_embed.device)[None]  # (1, T, D) float32
-        if not torch.compiler.is_compiling():
-            self.use_grid(grid_h, grid_w, table)
-        return table
+        if torch.compiler.is_compiling():
+            return self._position_table(grid_h, grid_w)
+        return self.use_grid(grid_h, grid_w).pos_embed
 
-    def use_grid(self, grid_h: int, grid_w: int, table: torch.Tensor | None = None) -> MicroDiT:
+    def use_grid(self, grid_h: int, grid_w: int) -> MicroDiT:
         """Make ``pos_embed`` the table of a (grid_h, grid_w) patch grid. The training loop calls it
         at each phase start, before the (compiled) forward sees the new resolution."""
-        if table is None:
-            scale = self.config.pos_scale(grid_h)
-            table = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, scale).to(self.pos_embed.device)[None]
-        self.pos_embed = table  # a registered buffer: follows .to(device), stays out of state_dict
+        self.pos_embed = self._position_table(grid_h, grid_w)  # a buffer: follows .to(device), not saved
         self.pos_grid = (grid_h, grid_w)
         return self
+
+    def _position_table(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        table = sincos_pos_embed_2d(self.config.width, grid_h, grid_w, self.config.pos_scale(grid_h))
+        return table.to(self.pos_embed.device)[None]  # (1, T, D) float32
 
     def condition(self, c_noise: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption path + noise embedding: returns c (N, D) and the context (N, L, D)."""

@@ -15,9 +15,11 @@ for its data; the wait that remains is logged as ``data_wait_s`` per step.
 
 GPU memory follows the recipe phase by phase: the fp32 EMA copy exists only while the current
 phase runs an EMA (``phases.ema_held``: the official run holds none in phases 1-2, and the memory
-model that sizes ``paper.yaml`` counts exactly that). ``ray.train.report`` is a barrier that Ray 2.60 drains about
-every 2 s, so metric-only reports are sent at most every ``REPORT_EVERY_S`` (all ranks agree);
-MLflow gets every log step through the rank-0 background logger.
+model that sizes ``paper.yaml`` counts exactly that).
+
+``ray.train.report`` is a barrier that Ray 2.60 drains about every 2 s, so metric-only reports are
+sent at most every ``REPORT_EVERY_S`` (all ranks agree); MLflow gets every log step through the
+rank-0 background logger.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -375,7 +378,8 @@ class WorkerRun:
         """``debug.fail_at_step``: the last rank raises once at that step; ``debug.kill_driver_at_step``:
         rank 0 kills the run's driver process (SIGKILL) once at that step (marker files remember)."""
         step, debug = self.progress.global_step, self.recipe.debug
-        if debug.get("kill_driver_at_step") == step and self.rank == 0 and self.config.get("driver_pid"):
+        if debug.get("kill_driver_at_step") == step and self.rank == 0 and self.config.get("driver_pid") \
+                and self.config.get("driver_host") == socket.gethostname():  # a pid means nothing elsewhere
             marker = storage.join(self.config["run_dir"], f"killed_driver_once_at_{step}")
             if not storage.exists(marker):
                 storage.write_text(marker, "")

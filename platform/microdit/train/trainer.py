@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ def _run_training(recipe: RecipeConfig, name: str, run_dir: str, *, parent_run_i
             client(uri).set_tag(run_id, "microdit.eval_protocol", deviation or "official: 30 Heun steps, guidance 5")
     config = {"recipe": with_resolved_data(recipe), "model_config": model_config.to_dict(), "caption_len": caption_len,
               "mlflow_uri": uri, "mlflow_run_id": run_id, "run_dir": run_dir,
-              "driver_pid": os.getpid()}  # debug.kill_driver_at_step only
+              "driver_pid": os.getpid(), "driver_host": socket.gethostname()}  # debug.kill_driver_at_step only
     run_callbacks, view = list(callbacks or []), None
     if progress:
         from microdit.train.progress import TrainProgress
