@@ -227,6 +227,9 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
             _say(f"{self._tag(trial)} restarted" if again else f"{self._tag(trial)} started: {params(trial.config)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "milestone_usd" in result:  # an anytime reading: always worth a line
+                _say(f"{self._tag(trial)} · reading at ${result['milestone_usd']:.4g}: {_quality(result)}")
+                return
             now = time.monotonic()
             # k trials running: each shows progress every k x 30 s, the sweep about once per 30 s
             running = sum(1 for t in trials if t.status == "RUNNING") or 1
@@ -242,6 +245,10 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
+            if "budget_done" not in result and "milestone_target_usd" in result:  # a scheduler stopped it there
+                _say(f"{self._tag(trial)} stopped early at the ${result['milestone_target_usd']:.4g} rung: "
+                     f"{_quality(result)} · ${result.get('cost_usd', 0.0):.4g} (the report says why)")
+                return
             shown = {k: v for k, v in result.items() if k.startswith(("fid", "clip")) and not k.endswith("_ci_high")}
             values = ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items()) if isinstance(v, float))
             _say(f"{self._tag(trial)} finished: {values or 'no quality metric'} · ${result.get('cost_usd', 0.0):.4g}")
@@ -255,6 +262,15 @@ def make_trial_lines(total: int, params: Any, images: int | None, dollars: float
                  f"{last_error_line(trial)}")
 
     return TrialLines()
+
+
+def _quality(result: dict) -> str:
+    """'fid_128 231.4 ± 3.1, clip_score 0.21' from a result's quality metrics."""
+    names = sorted(k for k in result if k.startswith("fid_") and not k.endswith(("_std", "_ci_low", "_ci_high")))
+    parts = [f"{k} {result[k]:.4g}" + (f" ± {result[k + '_std']:.2g}" if f"{k}_std" in result else "") for k in names]
+    if "clip_score" in result:
+        parts.append(f"clip_score {result['clip_score']:.4g}")
+    return ", ".join(parts) or "no quality metric"
 
 
 def last_error_line(trial) -> str:

@@ -194,6 +194,10 @@ class AsyncLogger:
             finally:
                 self._queue.task_done()
 
+    def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        self._queue.join()
+
     def close(self) -> list[str]:
         """Flush everything queued; returns the errors seen (if any)."""
         self._queue.put(None)

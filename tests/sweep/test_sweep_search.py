@@ -156,18 +156,20 @@ def test_budget_guard_passes_results_on_and_charges_what_was_reported():
     assert guard.set_search_properties("m", "max", {"a": 1}, extra=2) is True
     guard.suggest("a")
     guard.on_trial_result("a", {"loss": 0.5})
-    guard.on_trial_complete("a", {"cost_usd": 0.25, "fid": 9.0}, error=False)
+    guard.on_trial_complete("a", {"cost_usd": 0.25, "fid": 9.0, "budget_done": 1.0}, error=False)
     guard.suggest("b")
-    guard.on_trial_complete("b", {"loss": 0.5})  # no cost reported and no error (e.g. stopped): nothing charged
+    # stopped by a scheduler (no budget_done): charged what it reported, its cheap unfinished values are
+    # kept from the searcher (Optuna: PRUNED, never on its front)
+    guard.on_trial_complete("b", {"loss": 0.5, "fid": 20.0, "cost_usd": 0.05})
     guard.suggest("c")
     guard.on_trial_complete("c", None)
-    assert guard.spent == 0.25 and guard.running == set()
+    assert guard.spent == 0.3 and guard.running == set()
     assert inner.calls == [("properties", "m", "max", {"a": 1}, {"extra": 2}), ("result", "a", {"loss": 0.5}),
-                           ("complete", "a", {"cost_usd": 0.25, "fid": 9.0}, False),
-                           ("complete", "b", {"loss": 0.5}, False), ("complete", "c", None, False)]
+                           ("complete", "a", {"cost_usd": 0.25, "fid": 9.0, "budget_done": 1.0}, False),
+                           ("complete", "b", None, False), ("complete", "c", None, False)]
     guard.suggest("d")
     guard.on_trial_complete("d", None, error=True)  # errored without a cost: its whole budget
-    assert guard.spent == 0.25 + 0.4 and inner.calls[-1] == ("complete", "d", None, True)
+    assert guard.spent == 0.3 + 0.4 and inner.calls[-1] == ("complete", "d", None, True)
     assert guard.suggest("e") == Searcher.FINISHED  # no budget: the list's end ends the sweep
     assert guard.refused == 0
 
@@ -205,3 +207,17 @@ def test_budget_guard_state_is_a_snapshot_that_restores_every_field():
     assert (fresh.spent, fresh.running, fresh.refused, fresh.budget, fresh.trial_dollars) == (0.5, {"b"}, 1, 1.9, 0.75)
     state["running"].add("z")
     assert fresh.running == {"b"}  # restored as its own set
+
+
+def test_a_stopped_trial_is_pruned_in_the_optuna_study(tmp_path):
+    """Optuna hears of a trial a scheduler stopped as PRUNED (its early, cheap values are no point of
+    its front); a finished one as COMPLETE with its objectives."""
+    spec = _spec(SAMPLED, "nsga2")
+    guard = build_searcher(spec, str(tmp_path), trial_dollars=0.5)
+    guard.suggest("done")
+    guard.suggest("stopped")
+    guard.on_trial_complete("done", {"fid_128": 210.0, "cost_usd": 0.4, "budget_done": 1.0})
+    guard.on_trial_complete("stopped", {"fid_128": 300.0, "cost_usd": 0.1, "milestone_target_usd": 0.1})
+    states = {t.values[0] if t.values else None: t.state.name for t in guard.searcher._ot_study.trials}
+    assert states == {210.0: "COMPLETE", None: "PRUNED"}
+    assert guard.spent == 0.5

@@ -159,7 +159,7 @@ def _step_sync(rank: int, world: int) -> dict:
     dist.all_reduce = lambda *a, **k: calls.append("all_reduce") or all_reduce(*a, **k)
     try:
         answer = step_sync(torch.tensor(1.0 + rank), 0.25 * (rank + 1), over_budget=rank == 1,
-                           device=torch.device("cpu"), world=world)
+                           device=torch.device("cpu"), world=world, run_dollars=2.0 - rank)
         quiet = step_sync(torch.tensor(3.0), 0.5, over_budget=False, device=torch.device("cpu"), world=world)
     finally:
         dist.all_gather, dist.all_reduce = all_gather, all_reduce
@@ -201,11 +201,11 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 def test_step_sync_is_one_collective_with_one_answer_on_every_rank(ranks):
     """The training step's single sync: one all-gather gives every rank the mean loss, the largest
-    phase spend and whether any rank is over budget (ranks 0/1 sent losses 1/2, spends 0.25/0.5,
-    over-budget False/True)."""
+    phase spend, whether any rank is over budget and the largest run spend (ranks 0/1 sent losses 1/2,
+    spends 0.25/0.5, over-budget False/True, run spends 2/1)."""
     for rank in ranks:
-        assert rank["step_sync"]["answer"] == (1.5, 0.5, True)
-        assert rank["step_sync"]["quiet"] == (3.0, 0.5, False)
+        assert rank["step_sync"]["answer"] == (1.5, 0.5, True, 2.0)
+        assert rank["step_sync"]["quiet"] == (3.0, 0.5, False, 0.0)
         assert rank["step_sync"]["calls"] == ["all_gather", "all_gather"]  # one per step, nothing else
 
 

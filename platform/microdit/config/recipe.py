@@ -167,7 +167,9 @@ class TrackingConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """In-training evaluation: a small FID (and a sample grid) at phase ends and every N images."""
+    """In-training evaluation: a small FID (and a sample grid) at phase ends, every N images and at
+    milestones of the run's spend (``at_dollars``, ``at_fraction``: the points of an anytime curve,
+    and the rungs a sweep's ``cost_asha`` scheduler decides on)."""
 
     reference: str = "demo_real_heldout"  # a prepared set (its held-out real images and captions)
     num_samples: Annotated[int, Field(ge=2)] = 128  # the metric is named after it: fid_128, fid_1k...
@@ -176,6 +178,10 @@ class EvalConfig(StrictModel):
     every_images: PositiveInt | None = None  # also evaluate every N images seen (None: phase ends only)
     at_phase_end: bool = True
     clip_model: str | None = None
+    at_dollars: list[PositiveFloat] = Field(default_factory=list)  # once the run has cost each amount
+    # fractions of the run budget (max_dollars, else max_images): [0.25, 0.5] = a quarter and half-way
+    at_fraction: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(default_factory=list)
+    seed: NonNegativeInt | None = None  # the sampling noise (None: the recipe's seed)
 
 
 class OptimizerConfig(StrictModel):
@@ -226,6 +232,9 @@ class RecipeConfig(StrictModel):
             need(not any(p.ema_half_life_images for p in self.phases) and self.evaluation is None,
                  "resources.strategy", "fsdp", "EMA and in-training evaluation need full weights on rank 0 and are "
                  "not supported with fsdp yet; use ddp (XL's full state is ~19 GB per GPU and fits an H100)")
+        need(self.evaluation is None or not self.evaluation.at_fraction or bool(self.max_dollars or self.max_images),
+             "evaluation.at_fraction", self.evaluation.at_fraction if self.evaluation else None,
+             "fractions of the run budget need max_dollars or max_images; or give evaluation.at_dollars")
         unknown = sorted(set(self.debug) - set(DEBUG_KEYS))
         need(not unknown, "debug", unknown, f"allowed keys: {', '.join(DEBUG_KEYS)}")
         workers = max(self.resources.num_workers, 1)
@@ -245,6 +254,17 @@ class RecipeConfig(StrictModel):
             except ConfigError as err:
                 raise FieldError(f"phases[{i}].data", phase.data.to_dict() if phase.data else None, str(err)) from None
         return self
+
+    def milestones(self) -> list[tuple[str, float]]:
+        """The evaluation milestones as (unit, target), unit ``dollars`` (the run's spend) or ``images``
+        (seen): ``at_dollars``, then ``at_fraction`` of ``max_dollars`` (else of ``max_images``), sorted."""
+        if self.evaluation is None:
+            return []
+        points = {("dollars", float(d)) for d in self.evaluation.at_dollars}
+        for fraction in self.evaluation.at_fraction:
+            points.add(("dollars", fraction * self.max_dollars) if self.max_dollars is not None
+                       else ("images", float(math.ceil(fraction * (self.max_images or 0)))))
+        return sorted(points)
 
     def architecture(self, **extra: Any) -> ModelConfig:
         """The ModelConfig of ``model`` (a registered size plus field overrides, plus ``extra``)."""

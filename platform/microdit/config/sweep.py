@@ -58,7 +58,7 @@ from microdit.errors import ConfigError
 
 Distribution = Literal["uniform", "loguniform", "int", "choice", "grid"]
 Algorithm = Literal["tpe", "nsga2", "random", "grid"]
-SchedulerType = Literal["none", "asha"]
+SchedulerType = Literal["none", "asha", "cost_asha"]
 Mode = Literal["min", "max"]
 DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
@@ -108,20 +108,50 @@ class Budget(StrictModel):
 
 
 class Scheduler(StrictModel):
-    """Trial scheduler; ASHA stops trials early on an intermediate metric (e.g. loss)."""
+    """Trial scheduler. ``asha``: Tune's ASHA on an intermediate training metric (e.g. loss), per
+    iteration. ``cost_asha``: successive halving over dollars on the milestone FID, aware of its noise
+    (``microdit.sweep.halving``): every trial is evaluated when its spend passes each rung
+    (``grace_dollars`` x ``reduction_factor``^k below the trial budget; ``rungs`` of them with an image
+    budget), and stopped there only when its reading is worse than the rung's cut (the worst of the best
+    1/``reduction_factor`` readings) by more than ``noise_k`` x the two readings' combined std.
+    ``brackets`` > 1: Hyperband's brackets, bracket s starting at ``grace_dollars`` x factor^s.
+    ``metric`` defaults to the first objective: rungs sit at equal dollars, so with objectives
+    [fid, cost] trials are pruned on FID at equal cost. ``group_by`` (swept keys): a trial is compared
+    only with trials that share their values (e.g. the masking strategy, whose readings before the
+    unmasked fine-tune are not comparable across strategies)."""
 
     type: SchedulerType = "none"
     metric: str | None = None
-    mode: Mode = "min"
-    grace_period: PositiveInt = 1
+    mode: Mode | None = None  # default: the objective's mode (cost_asha), min (asha)
+    grace_period: PositiveInt = 1  # asha: iterations
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
-    max_t: PositiveInt = 10_000
+    max_t: PositiveInt = 10_000  # asha: iterations
+    grace_dollars: PositiveFloat | None = None  # cost_asha: the first rung
+    rungs: PositiveInt | None = None  # cost_asha: how many (needed with an image trial budget)
+    brackets: PositiveInt = 1  # cost_asha
+    noise_k: NonNegativeFloat = 2.0  # cost_asha: 0 = plain ASHA on the readings
+    group_by: list[str] = Field(default_factory=list)  # cost_asha: swept keys; compare only within their values
 
     @model_validator(mode="after")
-    def _asha_metric(self) -> Scheduler:
+    def _needs(self) -> Scheduler:
         need(self.type != "asha" or bool(self.metric), "metric", self.metric,
              "asha needs metric (an intermediate metric, e.g. loss) and mode min|max")
+        need(self.type != "cost_asha" or self.grace_dollars is not None, "grace_dollars", None,
+             "cost_asha needs grace_dollars: the spend of its first rung (e.g. a tenth of the trial budget)")
         return self
+
+    def rung_dollars(self, trial_dollars: float | None) -> list[float]:
+        """Bracket 0's rungs (later brackets use the tail): grace x factor^k, below ``trial_dollars``."""
+        if self.type != "cost_asha":
+            return []
+        rungs, k = [], 0
+        while self.rungs is None or k < self.rungs:
+            dollars = float(self.grace_dollars) * self.reduction_factor ** k
+            if trial_dollars is not None and dollars >= trial_dollars * (1 - 1e-9):
+                break
+            rungs.append(dollars)
+            k += 1
+        return rungs
 
 
 class Search(StrictModel):
@@ -130,7 +160,9 @@ class Search(StrictModel):
 
 
 class Evaluation(StrictModel):
-    """Overrides of the trial's evaluation settings (``microdit.evaluate.pipeline.EvaluationConfig``)."""
+    """The trials' evaluation protocol (``microdit.evaluate.pipeline.EvaluationConfig`` overrides), used
+    after training and at milestones: ``at_dollars`` (spend) and ``at_fraction`` (of the trial budget)
+    add anytime readings, billed to the trial, besides a ``cost_asha`` scheduler's rungs."""
 
     reference: str | None = None
     num_samples: PositiveInt | None = None
@@ -138,10 +170,12 @@ class Evaluation(StrictModel):
     guidance: NonNegativeFloat | None = None
     seed: int | None = None
     clip_model: str | None = None
+    at_dollars: list[PositiveFloat] = Field(default_factory=list)
+    at_fraction: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(default_factory=list)
 
     def overrides(self) -> dict[str, Any]:
-        """The settings the spec gives (``{}`` = evaluate only if an objective needs it)."""
-        return {k: v for k, v in self if v is not None}
+        """The protocol settings the spec gives (``{}`` = evaluate only if an objective needs it)."""
+        return {k: v for k, v in self if v is not None and k not in ("at_dollars", "at_fraction")}
 
 
 class Finetune(StrictModel):
@@ -244,7 +278,10 @@ class SweepSpec(StrictModel):
     search: Search = Field(default_factory=Search)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     finetune: Finetune | None = None  # the paper's protocol: an unmasked fine-tune ends every trial
-    seeds: PositiveInt = 1  # replicates per configuration (seed, seed+1, ...): the report shows mean ± std
+    # replicates per configuration (seed, seed+1, ...): the report shows mean ± std; ``auto`` (grid): one
+    # seed each, then more only for configurations within noise of the best, up to max_seeds
+    seeds: PositiveInt | Literal["auto"] = 1
+    max_seeds: Annotated[int, Field(ge=2)] = 3
     # a trial whose process or node is lost is rerun this many times, resuming from its last checkpoint;
     # a trial whose own code raises is not rerun (it fails once and is reported)
     trial_retries: Annotated[int, Field(ge=0)] = 2
@@ -272,6 +309,10 @@ class SweepSpec(StrictModel):
                 except ConfigError as err:
                     raise FieldError("overrides", overrides, str(err)) from None
             data["base"] = base
+        scheduler, objectives = data.get("scheduler"), data.get("objectives")
+        if isinstance(scheduler, dict) and scheduler.get("type") == "cost_asha" and isinstance(objectives, list) \
+                and objectives and isinstance(objectives[0], dict):  # prune on the first objective by default
+            data["scheduler"] = {"metric": objectives[0].get("metric"), "mode": objectives[0].get("mode"), **scheduler}
         search = data.get("search", {})
         if isinstance(search, dict) and "algorithm" not in search:
             several = isinstance(data.get("objectives"), list) and len(data["objectives"]) > 1
@@ -302,6 +343,17 @@ class SweepSpec(StrictModel):
                  "`grid` values need search.algorithm: grid (Optuna samples; use choice)")
             need(self.seeds == 1, "seeds", self.seeds, "replicates need search.algorithm: grid (each "
                  "configuration is then trained once per seed); with Optuna use seeds: 1")
+        if self.scheduler.type == "cost_asha":
+            metric = self.scheduler.metric or ""
+            need(metric.startswith("fid_") or metric == "clip_score", "scheduler.metric", metric,
+                 "cost_asha prunes on a milestone reading: a fid_N objective or clip_score (rungs are at equal "
+                 "dollars, so cost itself is not a pruning metric)")
+            need(self.trial_dollars is not None or self.scheduler.rungs is not None, "scheduler.rungs", None,
+                 "with an image trial budget the rungs' count is needed (a trial's dollars are not known ahead)")
+            unknown = [k for k in self.scheduler.group_by if k not in [p.key for p in self.space]]
+            need(not unknown, "scheduler.group_by", unknown, f"must name swept keys: {[p.key for p in self.space]}")
+            need(bool(self.scheduler.rung_dollars(self.trial_dollars)), "scheduler.grace_dollars",
+                 self.scheduler.grace_dollars, f"must be below the trial budget ({self.trial_dollars}) to give a rung")
         _validate_trials(self)
         return self
 
@@ -344,12 +396,38 @@ class SweepSpec(StrictModel):
         keys = [p.key for p in self.space]
         return [dict(zip(keys, combo)) for combo in itertools.product(*(p.grid_values() for p in self.space))]
 
+    @property
+    def adaptive_seeds(self) -> bool:
+        return self.seeds == "auto"
+
     def grid_trials(self) -> list[tuple[dict[str, Any], int]]:
-        """(configuration, replicate) for every trial of a grid search: each configuration ``seeds`` times."""
-        return [(combo, replicate) for combo in self.grid() for replicate in range(self.seeds)]
+        """(configuration, replicate) for every trial of a grid search: each configuration ``seeds`` times
+        (``auto``: once; ``microdit.sweep.replication`` adds seeds as results come)."""
+        seeds = 1 if self.adaptive_seeds else self.seeds
+        return [(combo, replicate) for combo in self.grid() for replicate in range(seeds)]
 
     def num_trials(self) -> int:
-        return min(len(self.grid_trials()), self.max_trials) if self.is_grid else self.max_trials
+        """Trials Tune may start (``seeds: auto``: an upper bound, every configuration at max_seeds)."""
+        if not self.is_grid:
+            return self.max_trials
+        planned = len(self.grid()) * self.max_seeds if self.adaptive_seeds else len(self.grid_trials())
+        return min(planned, self.max_trials)
+
+    def milestones_dollars(self) -> list[float]:
+        """The dollar milestones every trial is evaluated at: the scheduler's rungs and ``at_dollars``."""
+        return sorted({*self.scheduler.rung_dollars(self.trial_dollars), *self.evaluation.at_dollars})
+
+    def trial_evaluation(self, base: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The trial recipe's ``evaluation`` section when the spec asks for milestones: the trials' final
+        protocol (the same FID at every point of the curve) at the milestones; else the base's own."""
+        at_dollars, at_fraction = self.milestones_dollars(), sorted(set(self.evaluation.at_fraction))
+        if not (at_dollars or at_fraction):
+            return base
+        protocol = final_evaluation(self)
+        return {"at_phase_end": False, **(base or {}), "reference": protocol.reference,
+                "num_samples": protocol.num_samples, "steps": protocol.steps, "guidance": protocol.guidance,
+                "seed": protocol.seed, "clip_model": protocol.clip_model, "at_dollars": at_dollars,
+                "at_fraction": at_fraction}
 
     def trial_recipe(self, values: dict[str, Any], trial_name: str, replicate: int = 0) -> dict[str, Any]:
         """The base recipe with the sampled values, the replicate's seeds, the fine-tune and the
@@ -370,6 +448,9 @@ class SweepSpec(StrictModel):
             except FieldError as err:
                 raise FieldError(f"finetune.{err.field}", err.value, err.msg) from None
         recipe["max_dollars" if unit == "dollars" else "max_images"] = budget
+        evaluation = self.trial_evaluation(recipe.get("evaluation"))
+        if evaluation is not None:
+            recipe["evaluation"] = evaluation
         return recipe
 
     def fingerprint(self) -> dict[str, Any]:
@@ -377,6 +458,13 @@ class SweepSpec(StrictModel):
         data = self.to_dict()
         data.pop("description", None)
         return data
+
+
+def final_evaluation(spec: SweepSpec):
+    """The trials' evaluation protocol (``EvaluationConfig``): the demo reference unless the spec names one."""
+    from microdit.evaluate.pipeline import EvaluationConfig
+
+    return EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
 
 
 def value_label(value: Any) -> Any:

@@ -5,6 +5,10 @@ its evaluation (the seconds the trial held its devices to sample and score, at t
 Work every trial would otherwise repeat — building the demo data, the FID reference statistics —
 runs once in the driver before the first trial and is the sweep's overhead, billed to no trial.
 So: sweep total = sum over trials of ``final/cost_usd`` + ``overhead_usd``.
+
+A trial a ``cost_asha`` scheduler stops is billed by the scheduler (``bill_stopped_trial``): its spend at
+the reading it was stopped on (training and every milestone evaluation) plus the seconds it trained on
+until Tune stopped it, at its devices' price.
 """
 
 from __future__ import annotations
@@ -53,3 +57,25 @@ def usd(amount: float) -> str:
     if abs(amount) >= 1:
         return f"${amount:,.2f}"
     return f"${amount:.3g}" if amount else "$0"
+
+
+def bill_stopped_trial(uri: str, parent_run_id: str, trial_id: str, *, spent_usd: float, lag_usd: float,
+                       stopped_at_usd: float, reason: str) -> str | None:
+    """Write a stopped trial's final cost and why it stopped on its MLflow run (found by its
+    ``tune.trial_id`` tag under the sweep's run); returns the run id (None when it has no run)."""
+    from microdit.tracking import client
+
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs = mlflow_client.search_runs([experiment], max_results=1, filter_string=(
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`tune.trial_id` = '{trial_id}'"))
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    for key, value in {"final/train_usd": spent_usd + lag_usd, "final/eval_usd": 0.0,
+                       FINAL_COST: spent_usd + lag_usd, "final/stop_lag_usd": lag_usd,
+                       "stopped_at_usd": stopped_at_usd}.items():
+        mlflow_client.log_metric(run_id, key, value)
+    mlflow_client.set_tag(run_id, "microdit.trial_status", "stopped_early")
+    mlflow_client.set_tag(run_id, "microdit.stop_reason", reason[:5000])
+    return run_id

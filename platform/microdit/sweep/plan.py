@@ -44,6 +44,8 @@ def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
         trials = spec.grid_trials()[: spec.max_trials]
         combos = [combo for combo, replicate in trials if replicate == 0]
         heading = f"grid search: {len(combos)} configurations" + (
+            f" x 1 seed, then up to {spec.max_seeds} for those within noise of the best (seeds: auto; at most "
+            f"{spec.num_trials()} trials)" if spec.adaptive_seeds else
             f" x {spec.seeds} seeds = {len(trials)} trials" if spec.seeds > 1 else "")
     else:
         options = [[(p.key, v) for v in (p.values if p.kind in ("grid", "choice") else p.values[:2])] for p in spec.space]
@@ -67,10 +69,32 @@ def format_plan(spec: SweepSpec, images_per_s: float | None = None) -> str:
              f"sweep {spec.name}: {heading}; objectives "
              f"{', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}; max concurrent {spec.max_concurrent}",
              format_table(rows, columns)]
+    schedule = schedule_note(spec)
+    if schedule:
+        lines.append(schedule)
     note = evaluation_protocol_note(spec)
     if note:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def schedule_note(spec: SweepSpec) -> str | None:
+    """Where trials are evaluated on the way (anytime readings) and what the scheduler may stop."""
+    milestones = [usd(d) for d in spec.milestones_dollars()]
+    fractions = [f"{f:g}" for f in sorted(set(spec.evaluation.at_fraction))]
+    if not (milestones or fractions):
+        return None
+    where = ", ".join([*milestones, *(f"{f} of the budget" for f in fractions)])
+    text = f"anytime readings ({spec.evaluation.num_samples or 256}-sample FID, billed to the trial) at {where}"
+    scheduler = spec.scheduler
+    if scheduler.type == "cost_asha":
+        rungs = ", ".join(usd(d) for d in scheduler.rung_dollars(spec.trial_dollars))
+        text += (f"; cost_asha on {scheduler.metric} ({scheduler.mode}) stops a trial at a rung ({rungs}) when it is "
+                 f"worse than the best 1/{scheduler.reduction_factor:g} there"
+                 + (f" (of its group by {', '.join(scheduler.group_by)})" if scheduler.group_by else "")
+                 + f" by more than {scheduler.noise_k:g} x "
+                 "the combined std: the total above is without any stop (an upper bound)")
+    return text
 
 
 def evaluation_protocol_note(spec: SweepSpec) -> str | None:

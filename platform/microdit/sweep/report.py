@@ -18,6 +18,14 @@ from typing import Any
 
 from microdit.config.sweep import SweepSpec
 from microdit.sweep.accounting import sweep_total, trial_cost, usd
+from microdit.sweep.anytime import (
+    anytime_plot,
+    anytime_rows,
+    anytime_summary,
+    configuration_curves,
+    format_anytime,
+    trial_curve,
+)
 from microdit.sweep.pareto import format_table, pareto_front, scatter_plot, with_error, within_noise
 from microdit.tracking import KIND_TAG, RUN_NAME_TAG, child_runs, client, find_run, spec_key
 
@@ -78,7 +86,10 @@ def trial_rows(children, mlflow_client=None) -> tuple[list[dict[str, Any]], list
         resumes = len(mlflow_client.get_metric_history(run.info.run_id, "resumed_from_step")) \
             if mlflow_client is not None and "resumed_from_step" in run.data.metrics else 0
         row = {"trial": run.data.tags.get(RUN_NAME_TAG, run.info.run_name), "status": status,
-               "replicate": 0, "restarts": max(reruns, resumes), **params, **run.data.metrics}
+               "replicate": 0, "restarts": max(reruns, resumes), **params, **run.data.metrics,
+               "run_id": run.info.run_id}
+        if "microdit.stop_reason" in run.data.tags:
+            row["stop_reason"] = run.data.tags["microdit.stop_reason"]
         row["cost_usd"] = trial_cost(row)
         rows.append(row)
     rows.sort(key=lambda r: r["trial"])
@@ -153,6 +164,11 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
     if close:
         lines.append(f"within noise of the best {quality} (|difference| <= 2 x combined std): "
                      + "; ".join(", ".join(f"{k}={c[k]}" for k in swept) for c in close))
+    anytime = anytime_section(mlflow_client, rows, swept, objectives[0], parent_run_id)
+    replication = replication_notes(mlflow_client, parent_run_id, configs)
+    if replication:
+        lines += ["", "seeds per configuration (seeds: auto):", format_table(replication, [*swept, "n", "why"])]
+    lines += anytime.lines if anytime else []
     text = "\n".join(lines)
     if log_to_parent:
         with tempfile.TemporaryDirectory() as tmp:
@@ -166,6 +182,13 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
                 x, y = objectives[-1][0], objectives[0][0]
                 plot = scatter_plot(configs, front, x, y, swept, Path(tmp) / "pareto.png", f"{sweep_name}: {y} vs {x}")
                 mlflow_client.log_artifact(parent_run_id, str(plot))
+            if anytime:
+                mlflow_client.log_artifact(parent_run_id, str(anytime_plot(
+                    anytime.configs, anytime.rows, quality, Path(tmp) / "anytime.png",
+                    f"{sweep_name}: {quality} vs cost, anytime")))
+                mlflow_client.log_table(parent_run_id, {c: [_cell(r.get(c)) for r in anytime.rows]
+                                                        for c in ("budget", "choose", "reading", "at_cost",
+                                                                  "within_noise")}, ANYTIME_ARTIFACT)
         mlflow_client.log_metric(parent_run_id, "spent_usd", spent)
         mlflow_client.log_metric(parent_run_id, "trials_finished", len(finished))
     return SweepReport(text, rows, configs, front, len(finished), counts["stopped_early"], counts["failed"], spent,
@@ -173,6 +196,67 @@ def build_report(uri: str, parent_run_id: str, objectives: list[tuple[str, str]]
 
 
 TABLE_ARTIFACT = "sweep_trials.json"
+ANYTIME_ARTIFACT = "anytime.json"
+
+
+@dataclass
+class Anytime:
+    configs: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    lines: list[str]
+
+
+def anytime_section(mlflow_client, rows: list[dict[str, Any]], swept: list[str], quality: tuple[str, str],
+                    parent_run_id: str) -> Anytime | None:
+    """The anytime table, its summary, the scheduler's stops and what they saved (``sweep.anytime``);
+    None when no trial has milestone readings."""
+    metric, mode = quality
+    curves = {r["trial"]: trial_curve(mlflow_client, r["run_id"], r, r["status"], metric)
+              for r in rows if "milestone_usd" in r}
+    configs = configuration_curves(rows, curves, swept)
+    if not configs:
+        return None
+    table = anytime_rows(configs, mode)
+    lines = ["", f"anytime: the configuration to choose within each budget ({metric} [{mode}] of its latest "
+             "reading within the budget; stopped trials keep their readings):", format_anytime(table, metric),
+             "choose: " + anytime_summary(table)]
+    stopped = [r for r in rows if r["status"] == "stopped_early"]
+    finished = [r for r in rows if r["status"] == "finished"]
+    if stopped:
+        lines.append(f"stopped early ({len(stopped)}): " + "; ".join(
+            f"{r['trial']} at {usd(r.get('stopped_at_usd', 0.0))}: {r.get('stop_reason', 'stopped by the scheduler')}"
+            for r in stopped))
+        if finished:
+            full = statistics.fmean(trial_cost(r) for r in finished)
+            spent = sum(trial_cost(r) for r in stopped)
+            lines.append(f"stopping saved about {usd(len(stopped) * full - spent)}: the stopped trials cost {usd(spent)}, "
+                         f"{usd(len(stopped) * full)} had they run to the end at the finished trials' mean "
+                         f"{usd(full)} (an estimate)")
+    return Anytime(configs, table, lines)
+
+
+def replication_notes(mlflow_client, parent_run_id: str, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration of a ``seeds: auto`` sweep: its seeds and why (``replication.json`` on the run)."""
+    import json
+
+    from microdit.sweep.replication import REPLICATION_ARTIFACT
+
+    if REPLICATION_ARTIFACT not in {a.path for a in mlflow_client.list_artifacts(parent_run_id)}:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        decisions = json.loads(Path(mlflow_client.download_artifacts(parent_run_id, REPLICATION_ARTIFACT, tmp))
+                               .read_text())
+    notes = []
+    for config in configs:
+        mine = set(config["trials"].split(","))
+        for decision in decisions:
+            if mine & {t.rsplit("-", 1)[-1] for t in decision["trials"]}:
+                why = decision["why"]
+                if config["n"] < decision["seeds_requested"]:
+                    why += f"; seed {config['n'] + 1} not run (the sweep's max_trials or dollar budget)"
+                notes.append({**config, "why": why})
+                config["seeds_why"] = why
+    return notes
 
 
 def _cell(value: Any) -> Any:

@@ -107,16 +107,8 @@ def _run_sweep(spec: SweepSpec, root: str, sweep_dir: str, allow_changed_spec: b
         log.info("resuming sweep %s from %s", spec.name, experiment_path)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True, param_space=config)
     else:
-        searcher = build_searcher(spec, sweep_dir, predicted_trial_dollars(spec))
-        scheduler = None
-        if spec.scheduler.type == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(metric=spec.scheduler.metric, mode=spec.scheduler.mode,
-                                      time_attr="training_iteration",
-                                      grace_period=spec.scheduler.grace_period,
-                                      reduction_factor=spec.scheduler.reduction_factor,
-                                      max_t=spec.scheduler.max_t)
+        searcher = build_searcher(spec, sweep_dir, predicted_trial_dollars(spec), tracking=(uri, parent_run_id))
+        scheduler = build_scheduler(spec, uri, parent_run_id)
         import ray.tune
 
         tuner = tune.Tuner(
@@ -132,6 +124,27 @@ def _run_sweep(spec: SweepSpec, root: str, sweep_dir: str, allow_changed_spec: b
     finish_run(uri, parent_run_id, "FINISHED")
     return SweepOutcome(spec.name, parent_run_id, report.text, report.finished, report.stopped_early, report.failed,
                         report.spent_usd, time.perf_counter() - started, best_trial(report, spec))
+
+
+def build_scheduler(spec: SweepSpec, uri: str, parent_run_id: str):
+    """Tune's ASHA on a training metric, our ``cost_asha`` on the milestone readings, or none."""
+    scheduler = spec.scheduler
+    if scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(metric=scheduler.metric, mode=scheduler.mode or "min", time_attr="training_iteration",
+                             grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor,
+                             max_t=scheduler.max_t)
+    if scheduler.type == "cost_asha":
+        from microdit.sweep.halving import CostHalving
+        from microdit.sweep.search import param_name
+
+        keys = [p.key for p in spec.space]
+        return CostHalving(scheduler.metric, scheduler.mode, scheduler.rung_dollars(spec.trial_dollars),
+                           scheduler.reduction_factor, scheduler.brackets, scheduler.noise_k,
+                           tracking=(uri, parent_run_id),
+                           group_params=[param_name(keys.index(k)) for k in scheduler.group_by])
+    return None
 
 
 def best_trial(report, spec: SweepSpec) -> str | None:
@@ -178,9 +191,10 @@ def prepare_shared_work(spec: SweepSpec) -> tuple[float, float]:
     probe = RecipeConfig.from_dict(spec.trial_recipe(first_corner(spec), "probe"))
     ensure_data(probe)
     if trial_needs_evaluation(spec) and not probe.resources.use_gpu:
-        from microdit.evaluate.pipeline import EvaluationConfig, prepare_reference
+        from microdit.config.sweep import final_evaluation
+        from microdit.evaluate.pipeline import prepare_reference
 
-        prepare_reference(EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()}))
+        prepare_reference(final_evaluation(spec))
     seconds = time.perf_counter() - started
     return seconds, seconds / 3600 * probe.resources.hourly_price * probe.resources.billed_devices
 

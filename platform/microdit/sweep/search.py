@@ -7,7 +7,9 @@
 - ``grid``: every combination of the grid/choice values, in order (``ListSearcher``).
 
 ``BudgetGuard`` refuses to start a trial once spent + committed dollars (running trials count at
-their per-trial budget) would pass the sweep budget; Tune then ends the sweep.
+their per-trial budget) would pass the sweep budget; Tune then ends the sweep. A trial a scheduler
+stopped reaches the wrapped searcher without its result (Optuna: PRUNED).
+- ``seeds: auto`` (grid): ``replication.AdaptiveSeeds`` adds seeds where they can change the answer.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ class BudgetGuard(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.running.discard(trial_id)
         self.spent += float((result or {}).get("cost_usd", self.trial_dollars if error else 0.0))
+        if not error and result is not None and "budget_done" not in result:
+            # stopped early (a scheduler): its last values are a cheap, unfinished point, so the searcher is
+            # told nothing (OptunaSearch then marks the trial PRUNED, never a point of its front)
+            result = None
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     # Tune saves wrapper state via get_state/set_state and the wrapped searcher via save/restore.
@@ -141,16 +147,30 @@ def study_storage(sweep_dir: str):
     return JournalStorage(JournalFileBackend(storage.join(sweep_dir, "optuna_journal.log")))
 
 
-def build_searcher(spec: SweepSpec, sweep_dir: str, trial_dollars: float) -> BudgetGuard:
+def grid_config(spec: SweepSpec, combo: dict[str, Any]) -> dict[str, Any]:
+    """A grid configuration as Tune parameters (a bundle as its option's index)."""
+    return {param_name(i): p.values.index(combo[p.key]) if p.is_bundle else combo[p.key]
+            for i, p in enumerate(spec.space)}
+
+
+def build_searcher(spec: SweepSpec, sweep_dir: str, trial_dollars: float,
+                   tracking: tuple[str, str] | None = None) -> BudgetGuard:
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     metric = metrics if len(metrics) > 1 else metrics[0]
     mode = modes if len(modes) > 1 else modes[0]
     if spec.algorithm == "grid":
-        configs = [{**{param_name(i): p.values.index(combo[p.key]) if p.is_bundle else combo[p.key]
-                       for i, p in enumerate(spec.space)}, REPLICATE: replicate}
-                   for combo, replicate in spec.grid_trials()]
-        inner: Searcher = ListSearcher(configs[: spec.max_trials], metric=metric, mode=mode)
+        configs = [{**grid_config(spec, combo), REPLICATE: replicate} for combo, replicate in spec.grid_trials()]
+        if spec.adaptive_seeds:
+            from microdit.sweep.replication import AdaptiveSeeds
+
+            quality = spec.objectives[0]
+            inner: Searcher = AdaptiveSeeds([grid_config(spec, combo) for combo in spec.grid()], quality.metric,
+                                            quality.mode, max_seeds=spec.max_seeds, max_trials=spec.max_trials,
+                                            replicate_key=REPLICATE, search_metric=metric, search_mode=mode,
+                                            tracking=tracking)
+        else:
+            inner = ListSearcher(configs[: spec.max_trials], metric=metric, mode=mode)
     else:
         import optuna
         from ray.tune.search.optuna import OptunaSearch

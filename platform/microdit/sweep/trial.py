@@ -22,7 +22,7 @@ from typing import Any
 from ray import tune
 
 from microdit.config.recipe import RecipeConfig, deviation_from_official
-from microdit.config.sweep import load_sweep, value_label
+from microdit.config.sweep import final_evaluation, load_sweep, value_label
 from microdit.sweep.accounting import trial_final_metrics
 from microdit.sweep.search import REPLICATE, param_name
 from microdit.tracking import metric_key
@@ -87,12 +87,12 @@ def trial_values(spec, config: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def trial_params(values: dict[str, Any], replicate: int, seeds: int) -> dict[str, Any]:
+def trial_params(values: dict[str, Any], replicate: int, seeds: int | str) -> dict[str, Any]:
     """The trial's swept values as MLflow params, ``sweep.<key>`` (``phases.0.mask_ratio``: MLflow
     names), a bundle as its label, and ``sweep.replicate`` when the spec has several seeds: the
     report reads them back (``spec_key``) as the spec writes them."""
     params = {f"sweep.{metric_key(k)}": value_label(v) for k, v in values.items()}
-    if seeds > 1:
+    if seeds == "auto" or seeds > 1:
         params["sweep.replicate"] = replicate
     return params
 
@@ -112,7 +112,6 @@ def _run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block
 
     from microdit.console import configure_worker
     from microdit.evaluate.on_workers import evaluate_on_workers
-    from microdit.evaluate.pipeline import EvaluationConfig
     from microdit.sweep.runner import trial_needs_evaluation
     from microdit.tracking import client, finish_run, log_final_metrics
     from microdit.train.trainer import run_training
@@ -138,7 +137,7 @@ def _run_trial(config: dict[str, Any]) -> None:  # pragma: no mutate block
     mlflow_client = client(uri)
     results = None
     if summary.weights and trial_needs_evaluation(spec):
-        evaluation = EvaluationConfig(**{"reference": "demo_real_heldout", **spec.evaluation.overrides()})
+        evaluation = final_evaluation(spec)
         # on the trial's own workers and devices (a Train run like the training's), billed for that time
         results = evaluate_on_workers(summary.weights, evaluation, recipe.resources,
                                       storage_path=config["train_storage"], name=f"{recipe.name}-eval")

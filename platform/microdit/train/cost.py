@@ -45,6 +45,13 @@ class CostMeter:
         self._window_tokens += backbone_tokens
         self._window_flops += train_flops
 
+    def tick(self) -> None:
+        """Bill the seconds since the last step now (an evaluation), not with the next step."""
+        if self._tick is not None:
+            now = time.perf_counter()
+            self.seconds += now - self._tick
+            self._tick = now
+
     @property
     def device_hours(self) -> float:
         return self.seconds * self.devices / 3600.0

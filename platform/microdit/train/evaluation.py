@@ -1,7 +1,7 @@
 """In-training evaluation: a small FID on every rank's share of the samples, and a sample grid.
 
-Runs at phase ends and every ``evaluation.every_images`` images (SPEC §5: sweeps need an
-intermediate quality signal). The weights evaluated are those the phase produces (its EMA if it
+Runs at phase ends, every ``evaluation.every_images`` images and at the spend milestones of
+``train.milestones`` (SPEC §5: sweeps need an intermediate quality signal). The weights evaluated are those the phase produces (its EMA if it
 runs one, else the live weights). Every rank generates and scores its share on its own device
 and the feature statistics are merged exactly (``microdit.evaluate.sharded``): no rank idles in a
 collective while one does all the work, and a large evaluation takes 1/world of the time. Rank 0
@@ -52,7 +52,8 @@ def evaluate_and_log(recipe: RecipeConfig, model_config: ModelConfig, weights: d
     if recipe.evaluation is not None:
         ev = recipe.evaluation
         config = EvaluationConfig(reference=ev.reference, num_samples=ev.num_samples, steps=ev.steps,
-                                  guidance=ev.guidance, seed=recipe.seed, clip_model=ev.clip_model)
+                                  guidance=ev.guidance, seed=recipe.seed if ev.seed is None else ev.seed,
+                                  clip_model=ev.clip_model)
         metrics = {k: float(v) for k, v in evaluate_model(model, config, grid_path=grid, rank=rank, world=world,
                                                           device=device).items()}
     elif recipe.tracking.sample_grid:

@@ -24,11 +24,7 @@ rank-0 background logger.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +33,6 @@ from typing import Any
 import ray.train
 import torch
 
-from microdit import storage
 from microdit.cluster import worker_package_location
 from microdit.config.model import ModelConfig
 from microdit.config.recipe import PhaseConfig, RecipeConfig
@@ -46,9 +41,11 @@ from microdit.model import MicroDiT
 from microdit.model.flops import train_flops_per_image
 from microdit.tracking import AsyncLogger
 from microdit.train.cost import CostMeter
+from microdit.train.debug_hooks import inject_failures, record_ids
 from microdit.train.ema import EMA
 from microdit.train.evaluation import evaluate_and_log
 from microdit.train.feed import open_stream
+from microdit.train.milestones import due_milestones, milestone_position, milestone_readings
 from microdit.train.optim import step_generator
 from microdit.train.parallel import (
     all_gather_objects,
@@ -111,6 +108,8 @@ class WorkerRun:
         self.ema: EMA | None = None  # created when a phase that runs one starts (hold_ema)
         self.cost = CostMeter(res.hourly_price, res.billed_devices, res.peak_flops)
         self.progress = Progress()
+        self.milestones = recipe.milestones()  # (unit, target): evaluate when the run passes each
+        self.run_dollars = 0.0  # the largest run spend over ranks, from the last step's sync
         self.train_model, self.optimizer = prepare_model_and_optimizer(self.model, recipe, self.device, self.world)
         self._restore()
         self.denoiser = EDMDenoiser(self.train_model)
@@ -189,7 +188,7 @@ class WorkerRun:
         while total_steps is None or progress.phase_step < total_steps:
             if (phase.dollars is not None and spent >= phase.dollars) or budget_reached:
                 break
-            self.maybe_inject_failure()
+            inject_failures(self.recipe.debug, progress.global_step, self.rank, self.world, self.config)
             fraction = spent / phase.dollars if phase.dollars is not None else None
             images = phase.batch_size
             step_metrics, spent, budget_reached = self.train_step(
@@ -242,7 +241,7 @@ class WorkerRun:
         for m in range(accumulation):
             batch = next(feed)
             if debug.get("record_ids_dir"):
-                _record_ids(debug["record_ids_dir"], self.rank, progress, m, batch["id"])
+                record_ids(debug["record_ids_dir"], self.rank, progress, m, batch["id"])
             x0, y = feed.to_device(batch)  # (B, C, h, w), (B, L, Dy) fp32 on the device
             generator = step_generator(self.recipe.seed, self.rank, progress.global_step, m, self.device)
             y = caption_dropout(y, phase.caption_dropout, generator)
@@ -259,8 +258,9 @@ class WorkerRun:
         before = self.cost.dollars
         self.cost.step(images, tokens, flops)
         progress.phase_dollars += self.cost.dollars - before
-        mean_loss, spent, over = step_sync(loss_sum, progress.phase_dollars, self.over_budget(pending_images=images),
-                                           self.device, self.world)  # the one host sync per step
+        mean_loss, spent, over, self.run_dollars = step_sync(  # the one host sync per step
+            loss_sum, progress.phase_dollars, self.over_budget(pending_images=images), self.device, self.world,
+            run_dollars=self.cost.dollars)
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise StopTraining(f"non-finite loss {mean_loss} at step {progress.global_step} "
@@ -311,13 +311,30 @@ class WorkerRun:
         every = evaluation.every_images if evaluation else None
         crossed = every is not None and seen // every != (seen - images) // every
         at_end = phase_done and (evaluation is None or evaluation.at_phase_end)
-        if not (crossed or at_end):
+        due = due_milestones(self.milestones, self.progress.milestones_done, self.run_dollars, seen)
+        if not (crossed or at_end or due):
             return
         weights = self.produced_weights()  # a collective under FSDP: every rank takes part
         # FID: every rank evaluates its share (merged exactly); grid only: rank 0 alone
-        evaluate_and_log(self.recipe, self.model_config, weights, self.device, self.logger,
-                         self.progress.global_step, f"phase{self.progress.phase}" if phase_done else "interval",
-                         rank=self.rank, world=self.world)
+        tag = "milestone" if due else f"phase{self.progress.phase}" if phase_done else "interval"
+        metrics = evaluate_and_log(self.recipe, self.model_config, weights, self.device, self.logger,
+                                   self.progress.global_step, tag, rank=self.rank, world=self.world)
+        if due:
+            self.report_milestones(due, metrics)
+
+    def report_milestones(self, due: list[int], metrics: dict[str, float]) -> None:
+        """Log the milestone reading (flushed: a trial stopped right after keeps it) and report it to
+        Tune on every rank (``train.milestones``); the evaluation is billed before the spend is read."""
+        self.cost.tick()
+        readings = milestone_readings(self.milestones, due, metrics, self.cost.dollars, self.progress.images_seen,
+                                      self.cost.dollars_per_second())
+        self.progress.milestones_done = sorted({*self.progress.milestones_done, *due})
+        if self.logger:
+            self.logger.metrics(milestone_position(readings[-1]), self.progress.global_step)
+            self.logger.flush()
+        for reading in readings:
+            ray.train.report(reading)
+        self.last_report = time.perf_counter()
 
     def checkpoint(self, stream) -> None:
         """Gather every rank's stream position, then rank 0 writes and reports the checkpoint. The
@@ -373,31 +390,3 @@ class WorkerRun:
         progress.phase_dollars = 0.0
         progress.phase_ema_started = False
         progress.finished = progress.phase >= len(self.recipe.phases)
-
-    def maybe_inject_failure(self) -> None:
-        """``debug.fail_at_step``: the last rank raises once at that step; ``debug.kill_driver_at_step``:
-        rank 0 kills the run's driver process (SIGKILL) once at that step (marker files remember)."""
-        step, debug = self.progress.global_step, self.recipe.debug
-        if debug.get("kill_driver_at_step") == step and self.rank == 0 and self.config.get("driver_pid") \
-                and self.config.get("driver_host") == socket.gethostname():  # a pid means nothing elsewhere
-            marker = storage.join(self.config["run_dir"], f"killed_driver_once_at_{step}")
-            if not storage.exists(marker):
-                storage.write_text(marker, "")
-                os.kill(int(self.config["driver_pid"]), signal.SIGKILL)
-                time.sleep(60)  # the driver's death takes this worker down with it
-        if debug.get("fail_at_step") != step or self.rank != self.world - 1:
-            return
-        marker = storage.join(self.config["run_dir"], f"failed_once_at_{step}")
-        if not storage.exists(marker):
-            storage.write_text(marker, "")
-            raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
-
-
-def _record_ids(directory: str, rank: int, progress: Progress, micro: int, ids: list[str]) -> None:
-    """``debug.record_ids_dir``: append one JSON line per micro-batch to ``ids_rank<rank>.jsonl``.
-    A retried attempt appends again, so replayed steps appear twice (the last line per step wins)."""
-    path = Path(directory) / f"ids_rank{rank}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = {"phase": progress.phase, "step": progress.global_step, "micro": micro, "ids": list(ids)}
-    with path.open("a") as handle:
-        handle.write(json.dumps(line) + "\n")

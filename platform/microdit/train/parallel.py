@@ -166,20 +166,22 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
 
 
 def step_sync(loss: torch.Tensor, spent: float, over_budget: bool, device: torch.device,
-              world: int) -> tuple[float, float, bool]:
+              world: int, run_dollars: float = 0.0) -> tuple[float, float, bool, float]:
     """The one host sync of a training step: (mean loss over ranks, the largest phase spend, whether
-    any rank is over a budget), from one all-gather of three numbers per rank and one ``tolist``.
-    Every rank gets the same answer, so all take the same next decision (stop, LR of a dollar phase)."""
-    local = torch.stack([loss.detach().reshape(()).to(device, torch.float64),
-                         torch.tensor(float(spent), dtype=torch.float64, device=device),
-                         torch.tensor(1.0 if over_budget else 0.0, dtype=torch.float64, device=device)])  # (3,)
-    rows = local[None]  # (1, 3)
+    any rank is over a budget, the largest run spend), from one all-gather of four numbers per rank and
+    one ``tolist``. Every rank gets the same answer, so all take the same next decision (stop, LR of a
+    dollar phase, evaluate at a dollar milestone)."""
+    local = torch.tensor([0.0, float(spent), 1.0 if over_budget else 0.0, float(run_dollars)],
+                         dtype=torch.float64, device=device)  # (4,)
+    local[0] = loss.detach().reshape(()).to(device, torch.float64)
+    rows = local[None]  # (1, 4)
     if distributed(world):
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local)
-        rows = torch.stack(gathered)  # (W, 3)
+        rows = torch.stack(gathered)  # (W, 4)
     values = rows.tolist()  # the host sync
-    return (sum(r[0] for r in values) / len(values), max(r[1] for r in values), max(r[2] for r in values) > 0)
+    return (sum(r[0] for r in values) / len(values), max(r[1] for r in values), max(r[2] for r in values) > 0,
+            max(r[3] for r in values))
 
 
 def all_reduce_max(values: list[float], device: torch.device, world: int) -> list[float]:

@@ -35,6 +35,7 @@ class Progress:
     finished: bool = False
     data_positions: list[Any] = field(default_factory=list)  # one per rank
     phase_ema_started: bool = False
+    milestones_done: list[int] = field(default_factory=list)  # indices into RecipeConfig.milestones()
 
 
 def rng_state() -> dict[str, Any]:
