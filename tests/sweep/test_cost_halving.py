@@ -64,6 +64,7 @@ def test_brackets_start_later_and_ignore_lower_rungs():
     assert scheduler.decide("t0", 3.0, Reading(1)) is None  # not a rung
 
 
+@pytest.mark.ray
 def test_tune_stops_exactly_the_trials_worse_than_each_rung_cut(ray_local, tmp_path):
     """Five Tune trials, one at a time, report their known FID curves at the rungs: the scheduler stops
     B at $1, D at $2 and E at $4, and lets A and C (one noisy reading inside its interval) finish."""

@@ -80,3 +80,26 @@ def test_seeds_auto_spec_builds_the_adaptive_searcher(tmp_path):
     guard = build_searcher(spec, str(tmp_path), trial_dollars=0.01)
     assert isinstance(guard.searcher, AdaptiveSeeds)
     assert guard.suggest("a") == {"x0": 0.0, REPLICATE: 0}
+
+
+def test_the_report_shows_each_configurations_seeds_and_why(tmp_path):
+    """The searcher writes its decisions to the sweep's MLflow run; the report puts them beside the
+    configurations it averaged, and says when a requested seed never ran."""
+    from microdit.sweep.report import replication_notes
+    from microdit.tracking import client, get_or_create_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, _ = get_or_create_run(uri, "e", "sweep", "sweep")
+    searcher = AdaptiveSeeds([{"x0": 0}, {"x0": 1}], "fid_8", "min", max_seeds=3, max_trials=3,
+                             replicate_key=REPLICATE, tracking=(uri, parent))
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    _finish(searcher, "t0", 100.0)
+    _finish(searcher, "t1", 101.0)  # within noise: both get a 2nd seed, but max_trials 3 runs only one
+    searcher.suggest("t2")
+    configs = [{"x": 0, "n": 1, "trials": "t0"}, {"x": 1, "n": 1, "trials": "t1"}]  # t2 is still running
+    notes = replication_notes(client(uri), parent, configs)
+    assert [n["why"] for n in notes] == [
+        "the best after 1 seed: seed 2 added; seed 2 not run (the sweep's max_trials or dollar budget)",
+        "within noise of the best after 1 seed: seed 2 added; seed 2 not run (the sweep's max_trials or dollar budget)"]
+    assert configs[0]["seeds_why"] == notes[0]["why"]

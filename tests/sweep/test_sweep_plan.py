@@ -65,14 +65,25 @@ def test_bundle_plan_with_seeds_and_a_budget():
 
 def test_gpu_bundle_plan_in_dollars_without_a_protocol_note():
     """mask_ratio: $25 per trial on one H100 at $3.79/h = 6.596 h; 9 trials = $225 of $250. The
-    official protocol (30 steps, guidance 5): no note."""
+    official protocol (30 steps, guidance 5): no note; its anytime readings are named."""
     lines = format_plan(load_sweep("mask_ratio")).splitlines()
     assert lines[0] == ("trials: 9; predicted total: $225.00; sweep budget $250.00 (no trial starts once spent + "
                         "committed would pass it)")
     assert lines[1].startswith("sweep mask_ratio: grid search: 9 configurations; objectives fid_10k (min), "
                                "cost_usd (min); max concurrent 8")
-    assert [line.split()[2:] for line in lines[4:]] == [[f"{25.0 / H100_PRICE:.3g}", "$25.00"]] * 9
-    assert len(lines) == 2 + 2 + 9  # no note line
+    assert [line.split()[2:] for line in lines[4:13]] == [[f"{25.0 / H100_PRICE:.3g}", "$25.00"]] * 9
+    assert lines[13] == ("anytime readings (10000-sample FID, billed to the trial) at 0.25 of the budget, 0.5 of the "
+                         "budget, 0.75 of the budget")
+    assert len(lines) == 2 + 2 + 9 + 1  # no note line
+
+
+def test_cost_asha_plan_names_rungs_groups_and_an_upper_bound():
+    """paper: rungs at $10, $20, $40 of $45.48, compared within each masking group."""
+    last = format_plan(load_sweep("paper")).splitlines()[-1]
+    assert last == ("anytime readings (10000-sample FID, billed to the trial) at $10.00, $20.00, $40.00; cost_asha on "
+                    "fid_10k (min) stops a trial at a rung ($10.00, $20.00, $40.00) when it is worse than the best 1/2 "
+                    "there (of its group by masking) by more than 2 x the combined std: the total above is without any "
+                    "stop (an upper bound)")
 
 
 def test_grid_plan_stops_at_max_trials():

@@ -284,7 +284,7 @@ def test_shipped_names_are_the_yaml_files_in_the_package():
 
     assert shipped_names(RECIPES) == ["ablation", "demo", "paper"]
     on_disk = sorted(p.name[:-5] for p in (files("microdit") / SWEEPS).iterdir() if p.name.endswith(".yaml"))
-    assert shipped_names(SWEEPS) == on_disk and "quickstart" in on_disk and len(on_disk) == 7
+    assert shipped_names(SWEEPS) == on_disk and "quickstart" in on_disk and len(on_disk) == 8
     assert shipped_names("no_such_folder") == []
 
 

@@ -134,7 +134,7 @@ class CostHalving(FIFOScheduler):
         if decision is None:
             return TrialScheduler.CONTINUE
         reason = decision.reason(self.metric, self.noise_k, self.factor)
-        log.info("trial %s: %s -> %s", trial.trial_id, reason, "stop" if decision.stop else "continue")
+        log.debug("trial %s: %s -> %s", trial.trial_id, reason, "stop" if decision.stop else "continue")
         if decision.stop:
             self.record_stop(trial.trial_id, result, reason)
             return TrialScheduler.STOP
