@@ -64,7 +64,7 @@ def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
             continue
         status = "failed" if result.error else "stopped_early"
         mlflow_client.set_tag(run.info.run_id, "microdit.trial_status", status)
-        if run.info.status == "RUNNING":
+        if run.info.status == "RUNNING" or status == "stopped_early":  # a stopped trial did not fail
             mlflow_client.set_terminated(run.info.run_id, "FAILED" if result.error else "KILLED")
 
 
