@@ -392,7 +392,7 @@ def test_mark_unfinished_tags_and_terminates_stopped_and_failed_trials(uri):
     done = {"cost_usd": 1.0}
     ids = {}
     for trial_id, status in (("d0001", "RUNNING"), ("d0002", "RUNNING"), ("d0003", "RUNNING"),
-                             ("d0004", "RUNNING"), ("d0005", "FINISHED"), ("d0006", "RUNNING")):
+                             ("d0004", "RUNNING"), ("d0005", "FINISHED"), ("d0006", "RUNNING"), ("d0007", "FAILED")):
         ids[trial_id] = _trial(uri, parent, trial_id, {"model.mixer_depth": 1}, status=None,
                                mlflow_status=status, metrics=done)
     other = _parent(uri, "other")  # a trial of another sweep with the same Tune id is not touched
@@ -407,13 +407,15 @@ def test_mark_unfinished_tags_and_terminates_stopped_and_failed_trials(uri):
         Result(metrics=None, path="/r/sweeps/rep/tune/run_trial_d0005_00004_4_x0=1_2026-01-01_00-00-00"),
         # ^ stopped, nothing reported; its run already ended FINISHED: that status is kept
         Result(metrics={"trial_id": "eeeee"}),  # no MLflow run: skipped
+        Result(metrics={"trial_id": "d0007", "milestone_target_usd": 0.1}),  # stopped at a rung, run left FAILED
     ]
     mark_unfinished(uri, parent, results)
     mlflow_client = client(uri)
     seen = {t: (mlflow_client.get_run(r).data.tags.get("microdit.trial_status"), mlflow_client.get_run(r).info.status)
             for t, r in ids.items()}
     assert seen == {"d0001": (None, "RUNNING"), "d0002": ("stopped_early", "KILLED"), "d0003": ("failed", "FAILED"),
-                    "d0004": ("failed", "FAILED"), "d0005": ("stopped_early", "FINISHED"), "d0006": (None, "RUNNING")}
+                    "d0004": ("failed", "FAILED"), "d0005": ("stopped_early", "FINISHED"), "d0006": (None, "RUNNING"),
+                    "d0007": ("stopped_early", "KILLED")}
     assert mlflow_client.get_run(stray).info.status == "RUNNING"
     assert "microdit.trial_status" not in mlflow_client.get_run(stray).data.tags
 

@@ -64,7 +64,8 @@ def mark_unfinished(uri: str, parent_run_id: str, results) -> None:
             continue
         status = "failed" if result.error else "stopped_early"
         mlflow_client.set_tag(run.info.run_id, "microdit.trial_status", status)
-        if run.info.status == "RUNNING" or status == "stopped_early":  # a stopped trial did not fail
+        # a trial a scheduler stopped did not fail, whatever its killed workers left on the run
+        if run.info.status == "RUNNING" or (status == "stopped_early" and run.info.status == "FAILED"):
             mlflow_client.set_terminated(run.info.run_id, "FAILED" if result.error else "KILLED")
 
 
