@@ -59,4 +59,4 @@ def test_wheel_ships_sweep_specs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"trials: {load_sweep('quickstart').num_trials()};" in done.stdout, done.stdout
     helped = run("-m", "microdit", "sweep", "--help")
-    assert "quickstart, synthetic_mix" in " ".join(helped.stdout.split()), helped.stdout
+    assert "quickstart, quickstart_asha, synthetic_mix" in " ".join(helped.stdout.split()), helped.stdout
